@@ -1,0 +1,13 @@
+"""The decision-branch engine: numpy + Numba only (no torch, no widgets).
+
+    from clipbranches_widgets.engine import feature_subsets, DecisionBranches, BranchEnsemble, BoxIndex
+"""
+
+from .boxes import Box, BoxSet, apply_boxes_numpy
+from .branches import DecisionBranches
+from .ensemble import BranchEnsemble
+from .result import SearchResult
+from .subsets import default_subsets, feature_subsets
+
+__all__ = ["Box", "BoxSet", "BranchEnsemble", "DecisionBranches", "SearchResult", "apply_boxes_numpy",
+           "default_subsets", "feature_subsets"]

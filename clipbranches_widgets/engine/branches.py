@@ -1,0 +1,336 @@
+"""``DecisionBranches``: a union of boxes learnt from positive/negative marks (VLDB'23 algorithm).
+
+Training covers the positives box by box: pick a random positive as seed, grow one candidate box
+around it on each of ``max_evals`` random feature subsets (:mod:`.growth`), keep the purest (ties:
+fewer dims), remove every training row it covers, repeat until no positive is left, ``max_boxes``
+boxes exist, or ``retry_limit`` seeds in a row gave no valid box.
+
+Differences from the original code (``shared/reference/clip-branches-reference.md`` 1.9, 7):
+weights are real sample weights (``sample_weight``, ``class_weight``), not duplicated rows; all
+randomness comes from a local ``np.random.Generator`` built from ``random_state``; bounds are exact
+uint8 integers; optional extra sweeps (``n_sweeps``) let a box revisit dims.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._validation import check_codes, check_labels, check_random_state, check_sample_weight, check_subsets
+from .boxes import MAX_BOX_DIMS, Box, BoxSet
+from .growth import grow_candidates_parallel, grow_candidates_serial
+from .subsets import default_subsets
+
+
+def resolve_max_evals(max_evals, n_subsets: int) -> int:
+    """How many subsets to try per box: "all", "sqrt", "log2", a fraction in (0, 1] or an int."""
+    if max_evals == "all" or max_evals is None:
+        k = n_subsets
+    elif max_evals == "sqrt":
+        k = math.ceil(math.sqrt(n_subsets))
+    elif max_evals == "log2":
+        k = math.ceil(math.log2(n_subsets)) if n_subsets > 1 else 1
+    elif isinstance(max_evals, (float, np.floating)) and not isinstance(max_evals, bool):
+        if not 0.0 < max_evals <= 1.0:
+            raise ValueError(f"max_evals as a fraction must be in (0, 1]; got {max_evals}")
+        k = math.ceil(max_evals * n_subsets)
+    elif isinstance(max_evals, (int, np.integer)) and not isinstance(max_evals, bool):
+        if max_evals < 1:
+            raise ValueError(f"max_evals must be >= 1; got {max_evals}")
+        k = int(max_evals)
+    else:
+        raise ValueError(f"max_evals must be 'all', 'sqrt', 'log2', a fraction or an int; got {max_evals!r}")
+    return max(1, min(k, n_subsets))
+
+
+def resolve_min_pts(min_pts, n_pos: int) -> int:
+    """Distinct values examined per side when growing ("auto" = min(50, 1.5 x positives); 0 = all)."""
+    if min_pts == "auto":
+        return max(1, min(50, int(1.5 * n_pos)))
+    if min_pts is None:
+        return 0
+    if isinstance(min_pts, (int, np.integer)) and not isinstance(min_pts, bool) and min_pts >= 1:
+        return int(min_pts)
+    raise ValueError(f"min_pts must be 'auto', None or an int >= 1; got {min_pts!r}")
+
+
+def class_weight_factors(class_weight, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per-row multipliers for ``class_weight`` (None, "balanced" or ``{0: w0, 1: w1}``)."""
+    if class_weight is None:
+        return np.ones_like(w)
+    if class_weight == "balanced":
+        total = w.sum()
+        per_class = np.array([w[y == 0].sum(), w[y == 1].sum()])
+        factors = total / (2.0 * per_class)
+    elif isinstance(class_weight, dict) and set(class_weight) <= {0, 1}:
+        factors = np.array([float(class_weight.get(0, 1.0)), float(class_weight.get(1, 1.0))])
+        if (factors <= 0).any() or not np.isfinite(factors).all():
+            raise ValueError(f"class_weight values must be positive; got {class_weight}")
+    else:
+        raise ValueError(f"class_weight must be None, 'balanced' or a dict {{0: w0, 1: w1}}; got {class_weight!r}")
+    return factors[y]
+
+
+def pad_subsets(subsets: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """Subsets as a padded (S, 8) int64 array plus their sizes, the layout kernels take."""
+    dims = np.zeros((len(subsets), MAX_BOX_DIMS), np.int64)
+    sizes = np.zeros(len(subsets), np.int64)
+    for i, s in enumerate(subsets):
+        dims[i, : len(s)] = s
+        sizes[i] = len(s)
+    return dims, sizes
+
+
+class DecisionBranches:
+    """Decision-branch classifier over uint8 codes: positive inside at least one learnt box.
+
+    Parameters
+    ----------
+    subsets : list of tuples, optional
+        Feature subsets a box may use (each box constrains exactly one subset). Default: the
+        paper's 104 random subsets for 32-d codes (:func:`~.subsets.default_subsets`). Use the same
+        list as the :class:`~.index.BoxIndex` so every box can be answered by the index.
+    max_boxes : int, default 30
+        Upper bound on the number of boxes.
+    max_evals : "all", "sqrt", "log2", float or int, default "all"
+        Subsets tried per box (drawn without replacement, fresh for every box).
+    min_pts : "auto", None or int, default "auto"
+        Distinct values examined per side when growing; "auto" = min(50, 1.5 x #positives).
+    min_samples_in_box : int, default 1
+        A box must hold at least this many training rows.
+    early_stopping : bool, default True
+        Do not grow a side that holds no positive.
+    stop_infinite : bool, default True
+        Close open sides part-way towards the training data's extreme instead of at 0 / 255.
+    stop_infinite_split : float in [0, 1], default 0.5
+        How far towards that extreme an open side goes.
+    n_sweeps : int, default 1
+        Sweeps over a box's dims while bounds still change (1 = the original algorithm).
+    class_weight : None, "balanced" or dict, default None
+        Multiplies sample weights per class ("balanced": both classes weigh the same in total).
+    retry_limit : int, default 5
+        Stop after this many seeds in a row gave no valid box.
+    post_tree : bool, default False
+        Refine each impure box with a scikit-learn decision tree on the training rows it holds
+        (the original's "postTree"); predictions then need the trees as well as the boxes.
+    n_jobs : int or None, default None
+        1 grows candidate boxes serially; anything else lets Numba use all its threads.
+    random_state : None, int or numpy Generator
+        Seeds every random choice (seed positives, subset draws, dim orders, post trees).
+
+    Attributes
+    ----------
+    boxes_ (alias ``boxes``) : list of :class:`~.boxes.Box`; box_set_ : :class:`~.boxes.BoxSet`;
+    box_stats_ : list of dicts (training positives/negatives weight and count covered, impurity);
+    post_trees_ : list (one sklearn tree or None per box) when ``post_tree``; n_features_in_;
+    subsets_ ; n_boxes_tried_ (seed iterations run).
+    """
+
+    def __init__(self, subsets=None, *, max_boxes=30, max_evals="all", min_pts="auto", min_samples_in_box=1,
+                 early_stopping=True, stop_infinite=True, stop_infinite_split=0.5, n_sweeps=1, class_weight=None,
+                 retry_limit=5, post_tree=False, n_jobs=None, random_state=None):
+        self.subsets = subsets
+        self.max_boxes = max_boxes
+        self.max_evals = max_evals
+        self.min_pts = min_pts
+        self.min_samples_in_box = min_samples_in_box
+        self.early_stopping = early_stopping
+        self.stop_infinite = stop_infinite
+        self.stop_infinite_split = stop_infinite_split
+        self.n_sweeps = n_sweeps
+        self.class_weight = class_weight
+        self.retry_limit = retry_limit
+        self.post_tree = post_tree
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    # -- scikit-learn style parameter access ---------------------------------------------------
+    _PARAMS = ("subsets", "max_boxes", "max_evals", "min_pts", "min_samples_in_box", "early_stopping",
+               "stop_infinite", "stop_infinite_split", "n_sweeps", "class_weight", "retry_limit", "post_tree",
+               "n_jobs", "random_state")
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in self._PARAMS}
+
+    def set_params(self, **params) -> "DecisionBranches":
+        for k, v in params.items():
+            if k not in self._PARAMS:
+                raise ValueError(f"unknown parameter {k!r} for {type(self).__name__}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.get_params().items() if v != DecisionBranches().get_params()[k] and k != "subsets"}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    # -- training ------------------------------------------------------------------------------
+    def _check_params(self):
+        for name in ("max_boxes", "min_samples_in_box", "n_sweeps", "retry_limit"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1; got {v!r}")
+        if not 0.0 <= float(self.stop_infinite_split) <= 1.0:
+            raise ValueError(f"stop_infinite_split must be in [0, 1]; got {self.stop_infinite_split}")
+
+    def fit(self, X, y, sample_weight=None) -> "DecisionBranches":
+        """Learn boxes from uint8 codes ``X`` (n, d) and 0/1 labels ``y``. Returns self."""
+        self._check_params()
+        X = check_codes(X)
+        y = check_labels(y, X.shape[0])
+        w = check_sample_weight(sample_weight, X.shape[0])
+        w = w * class_weight_factors(self.class_weight, y, w)
+        subsets = default_subsets(X.shape[1]) if self.subsets is None else check_subsets(self.subsets, X.shape[1])
+        rng = check_random_state(self.random_state)
+        self._fit_weighted(X, y, w, subsets, rng)
+        if self.post_tree:
+            self._fit_post_trees(X, y, w, rng)
+        return self
+
+    def _fit_weighted(self, X, y, w, subsets, rng):
+        """Box-covering loop on validated inputs (shared with the ensemble, which skips validation)."""
+        sub_dims, sub_sizes = pad_subsets(subsets)
+        n_eval = resolve_max_evals(self.max_evals, len(subsets))
+        min_pts = resolve_min_pts(self.min_pts, int((y == 1).sum()))
+        grow = grow_candidates_serial if self.n_jobs == 1 else grow_candidates_parallel
+        data_min = X.min(axis=0).astype(np.int64)
+        data_max = X.max(axis=0).astype(np.int64)
+
+        active = np.arange(X.shape[0])
+        boxes, stats = [], []
+        retries = tries = 0
+        out_lo = np.zeros((n_eval, MAX_BOX_DIMS), np.int64)
+        out_hi = np.zeros((n_eval, MAX_BOX_DIMS), np.int64)
+        out_score = np.zeros(n_eval, np.float64)
+        while len(boxes) < self.max_boxes and active.shape[0] > 1:
+            yw = y[active]
+            pos_rows = np.flatnonzero(yw == 1)
+            if pos_rows.shape[0] == 0:
+                break
+            tries += 1
+            Xw, ww = X[active], w[active]
+            seed = int(rng.choice(pos_rows))
+            chosen = rng.choice(len(subsets), size=n_eval, replace=False)
+            keys = rng.random((n_eval, MAX_BOX_DIMS))
+            keys[np.arange(MAX_BOX_DIMS)[None, :] >= sub_sizes[chosen][:, None]] = np.inf
+            orders = np.argsort(keys, axis=1).astype(np.int64)
+            Xp = Xw[pos_rows]
+            grow(Xw, yw, ww, sub_dims[chosen], sub_sizes[chosen], orders, seed, min_pts, self.early_stopping,
+                 self.stop_infinite, float(self.stop_infinite_split), self.n_sweeps, self.min_samples_in_box,
+                 Xp.min(axis=0).astype(np.int64), Xp.max(axis=0).astype(np.int64), data_min, data_max,
+                 out_lo, out_hi, out_score)
+            if not np.isfinite(out_score).any():
+                retries += 1
+                if retries >= self.retry_limit:
+                    break
+                continue
+            retries = 0
+            # lowest impurity, then fewer dims, then first drawn
+            best = np.lexsort((np.arange(n_eval), sub_sizes[chosen], out_score))[0]
+            k = int(sub_sizes[chosen[best]])
+            box = Box(tuple(sub_dims[chosen[best], :k]), np.clip(out_lo[best, :k], 0, 255), np.clip(out_hi[best, :k], 0, 255))
+            inside = box.contains(Xw)
+            stats.append({
+                "impurity": float(out_score[best]),
+                "n_pos": int((inside & (yw == 1)).sum()), "n_neg": int((inside & (yw == 0)).sum()),
+                "w_pos": float(ww[inside & (yw == 1)].sum()), "w_neg": float(ww[inside & (yw == 0)].sum()),
+            })
+            boxes.append(box)
+            active = active[~inside]
+
+        self.subsets_ = subsets
+        self.n_features_in_ = X.shape[1]
+        self.boxes_ = boxes
+        self.box_stats_ = stats
+        self.n_boxes_tried_ = tries
+        self.post_trees_ = None
+        self.box_set_ = BoxSet.from_estimators([boxes])
+        return self
+
+    def _fit_post_trees(self, X, y, w, rng):
+        """One unconstrained decision tree per impure box, on all training rows inside it."""
+        from sklearn.tree import DecisionTreeClassifier
+
+        trees = []
+        for box in self.boxes_:
+            inside = box.contains(X)
+            yi = y[inside]
+            if yi.min() == yi.max():
+                trees.append(None)
+                continue
+            tree = DecisionTreeClassifier(random_state=int(rng.integers(2**31 - 1)))
+            trees.append(tree.fit(X[inside], yi, sample_weight=w[inside]))
+        self.post_trees_ = trees
+
+    # -- using the model -----------------------------------------------------------------------
+    @property
+    def boxes(self) -> list[Box]:
+        """The learnt boxes (after ``fit``)."""
+        self._check_fitted()
+        return self.boxes_
+
+    def _check_fitted(self):
+        if not hasattr(self, "boxes_"):
+            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
+
+    def _check_X(self, X) -> np.ndarray:
+        self._check_fitted()
+        return check_codes(X, n_features=self.n_features_in_, allow_empty=True)
+
+    def predict(self, X) -> np.ndarray:
+        """Boolean mask: True where a row is inside at least one box (and its post tree says so)."""
+        X = self._check_X(X)
+        out = np.zeros(X.shape[0], bool)
+        for i, box in enumerate(self.boxes_):
+            out |= self._box_members(i, box, X)
+        return out
+
+    def _box_members(self, i: int, box: Box, X: np.ndarray) -> np.ndarray:
+        inside = box.contains(X)
+        tree = self.post_trees_[i] if self.post_trees_ is not None else None
+        if tree is not None and inside.any():
+            rows = np.flatnonzero(inside)
+            inside[rows] = tree.predict(X[rows]) == 1
+        return inside
+
+    def refine_hits(self, codes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Keep the ids (rows of ``codes`` inside the union of boxes) that a box's post tree accepts.
+
+        Identity without post trees. Index and scan answer the boxes; this step applies the trees,
+        box by box, to the rows each box returned, so the result equals :meth:`predict`.
+        """
+        if self.post_trees_ is None or all(t is None for t in self.post_trees_) or ids.shape[0] == 0:
+            return np.ones(ids.shape[0], bool)
+        rows = np.asarray(codes[ids])
+        keep = np.zeros(ids.shape[0], bool)
+        for i, box in enumerate(self.boxes_):
+            keep |= self._box_members(i, box, rows)
+        return keep
+
+    def to_rules(self, feature_names=None) -> list[str]:
+        """One readable rule per box, e.g. ``"12 <= f3 <= 80 AND f7 >= 140"``."""
+        return [b.to_rule(feature_names) for b in self.boxes]
+
+    def to_sql(self, table: str = "items", *, id_column: str = "id", column_prefix: str = "f",
+               per_box: bool = False) -> str:
+        """The model as SQL over a table with one column per code dim (``f0`` .. ``f31``).
+
+        Default: one ``SELECT`` whose ``WHERE`` ORs one parenthesised conjunction per box.
+        ``per_box=True``: one statement per box, separated by ``;`` (what the original showed).
+        Post trees, if any, are not expressible in SQL; the text says so in a comment.
+        """
+        boxes = self.boxes
+        head = f"SELECT {id_column} FROM {table}"
+        note = ""
+        if self.post_trees_ is not None and any(t is not None for t in self.post_trees_):
+            note = "-- note: this model also filters each box with a decision tree, which SQL does not show\n"
+        if not boxes:
+            return note + f"{head}\nWHERE FALSE;"
+        conds = [b.to_sql_condition(column_prefix) for b in boxes]
+        if per_box:
+            return note + ";\n".join(f"{head}\nWHERE {c}" for c in conds) + ";"
+        return note + head + "\nWHERE " + "\n   OR ".join(f"({c})" for c in conds) + ";"
+
+    def to_dict(self) -> dict:
+        """JSON-friendly description of the fitted boxes (post trees are not included)."""
+        return {"type": "DecisionBranches", "n_features": self.n_features_in_, "boxes": [b.to_dict() for b in self.boxes]}

@@ -1,0 +1,54 @@
+"""Fixed random feature subsets: the dims each box (and each index) may constrain."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: The paper's layout for 32-d codes: 64 subsets of 4 dims, 32 of 6, 8 of 8 (104 in all).
+PAPER_SUBSET_SIZES = {4: 64, 6: 32, 8: 8}
+
+
+def default_subsets(n_features: int) -> list[tuple[int, ...]]:
+    """The paper's layout where it fits (``{4: 64, 6: 32, 8: 8}``, seed 42), shrunk for narrow codes.
+
+    Sizes wider than ``n_features`` are dropped and counts are capped at the number of distinct
+    subsets that exist; codes narrower than 4 dims get the single subset of all dims.
+    """
+    from math import comb
+
+    sizes = {k: min(v, comb(n_features, k)) for k, v in PAPER_SUBSET_SIZES.items() if k <= n_features}
+    if not sizes:
+        return [tuple(range(n_features))]
+    return feature_subsets(n_features, sizes, seed=42)
+
+
+def feature_subsets(n_features: int = 32, sizes: dict[int, int] | None = None, seed: int = 42) -> list[tuple[int, ...]]:
+    """Draw distinct random feature subsets, e.g. ``feature_subsets(32, {4: 64, 6: 32, 8: 8}, seed=42)``.
+
+    For each ``size: count`` pair (in key order) draw subsets of ``size`` distinct dims uniformly
+    until ``count`` distinct ones exist. Each subset is a sorted tuple; the list is grouped by size
+    and lexicographically sorted inside a group, so it is the same for the same arguments on any
+    machine (a local ``np.random.Generator`` is used, never the global RNG).
+
+    Raises ``ValueError`` when a size is out of range or more distinct subsets are asked for than exist.
+    """
+    from math import comb
+
+    sizes = PAPER_SUBSET_SIZES if sizes is None else sizes
+    if n_features < 1:
+        raise ValueError(f"n_features must be >= 1; got {n_features}")
+    if not sizes:
+        raise ValueError("sizes must name at least one subset size")
+    rng = np.random.default_rng(seed)
+    out: list[tuple[int, ...]] = []
+    for size, count in sorted(sizes.items()):
+        size, count = int(size), int(count)
+        if not 1 <= size <= min(8, n_features):
+            raise ValueError(f"subset size {size} must be between 1 and min(8, n_features={n_features})")
+        if count < 1 or count > comb(n_features, size):
+            raise ValueError(f"cannot draw {count} distinct subsets of size {size} from {n_features} features")
+        group: set[tuple[int, ...]] = set()
+        while len(group) < count:
+            group.add(tuple(sorted(int(v) for v in rng.choice(n_features, size=size, replace=False))))
+        out.extend(sorted(group))
+    return out

@@ -1,0 +1,189 @@
+"""DecisionBranches and BranchEnsemble: API contract, determinism, semantics, bad input."""
+
+import numpy as np
+import pytest
+
+from clipbranches_widgets.engine import Box, BranchEnsemble, DecisionBranches, default_subsets, feature_subsets
+
+
+def clustered_codes(n, n_clusters=8, dim=32, noise=0.12, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    labels = rng.integers(0, n_clusters, n)
+    z = centers[labels] + noise * rng.normal(size=(n, dim))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    return np.clip(np.floor(127.5 * z + 128), 0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def task():
+    codes, labels = clustered_codes(20000)
+    rng = np.random.default_rng(1)
+    pos = rng.choice(np.flatnonzero(labels == 2), 60, replace=False)
+    neg = rng.choice(np.setdiff1d(np.arange(len(codes)), pos), 500, replace=False)
+    X = codes[np.r_[pos, neg]]
+    y = np.r_[np.ones(60, int), np.zeros(500, int)]
+    return codes, labels, X, y
+
+
+SUBSETS = feature_subsets(32, {4: 64, 6: 32, 8: 8}, seed=42)
+
+
+def test_feature_subsets_contract():
+    assert len(SUBSETS) == 104
+    assert [len(s) for s in SUBSETS].count(4) == 64 and [len(s) for s in SUBSETS].count(8) == 8
+    assert all(list(s) == sorted(set(s)) and max(s) < 32 for s in SUBSETS)
+    assert len(set(SUBSETS)) == 104
+    assert SUBSETS == feature_subsets(32, {4: 64, 6: 32, 8: 8}, seed=42)  # deterministic
+    assert SUBSETS != feature_subsets(32, {4: 64, 6: 32, 8: 8}, seed=43)
+    assert default_subsets(32) == SUBSETS
+    assert default_subsets(3) == [(0, 1, 2)]
+    with pytest.raises(ValueError, match="distinct subsets"):
+        feature_subsets(5, {4: 6})
+
+
+def test_fit_returns_self_and_boxes_cover_training_positives(task):
+    codes, labels, X, y = task
+    m = DecisionBranches(subsets=SUBSETS, random_state=0)
+    assert m.fit(X, y) is m
+    assert 1 <= len(m.boxes) <= 30
+    for b in m.boxes:
+        assert b.dims in SUBSETS and b.low.dtype == np.uint8 and (b.low <= b.high).all()
+    pred = m.predict(X)
+    assert pred.dtype == bool and pred.shape == (len(X),)
+    assert pred[y == 1].mean() > 0.9  # boxes cover (almost) every training positive
+    truth = labels == 2
+    p = m.predict(codes)
+    precision, recall = (p & truth).sum() / p.sum(), (p & truth).sum() / truth.sum()
+    assert precision > 0.5 and recall > 0.5
+
+
+def test_deterministic_and_seed_dependent(task):
+    _, _, X, y = task
+    a = DecisionBranches(subsets=SUBSETS, random_state=5).fit(X, y)
+    b = DecisionBranches(subsets=SUBSETS, random_state=5).fit(X, y)
+    c = DecisionBranches(subsets=SUBSETS, random_state=6).fit(X, y)
+    assert a.to_dict() == b.to_dict()
+    assert a.to_dict() != c.to_dict()
+    serial = DecisionBranches(subsets=SUBSETS, random_state=5, n_jobs=1).fit(X, y)
+    assert serial.to_dict() == a.to_dict()  # parallel and serial kernels agree
+
+
+def test_no_global_rng_used(task):
+    _, _, X, y = task
+    np.random.seed(0)
+    before = np.random.get_state()[1].copy()
+    DecisionBranches(subsets=SUBSETS, random_state=1).fit(X, y)
+    BranchEnsemble(5, subsets=SUBSETS, random_state=1).fit(X, y)
+    assert np.array_equal(before, np.random.get_state()[1])
+
+
+def test_sql_and_rules(task):
+    _, _, X, y = task
+    m = DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y)
+    sql = m.to_sql("items")
+    assert sql.startswith("SELECT id FROM items\nWHERE (") and sql.count(" OR ") == len(m.boxes) - 1
+    assert m.to_sql("t", per_box=True).count("SELECT id FROM t") == len(m.boxes)
+    b = m.boxes[0]
+    assert f"f{b.dims[0]} BETWEEN {b.low[0]} AND {b.high[0]}" in sql
+    # the SQL WHERE clause evaluated by sqlite gives exactly predict()
+    import sqlite3
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE items (id INTEGER, " + ", ".join(f"f{i} INTEGER" for i in range(32)) + ")")
+    con.executemany(f"INSERT INTO items VALUES ({','.join('?' * 33)})", [(i, *map(int, r)) for i, r in enumerate(X)])
+    got = sorted(r[0] for r in con.execute(sql))
+    assert got == np.flatnonzero(m.predict(X)).tolist()
+    assert len(m.to_rules()) == len(m.boxes)
+
+
+def test_box_rule_omits_open_sides():
+    b = Box((3, 7), np.array([0, 12], np.uint8), np.array([80, 255], np.uint8))
+    assert b.to_rule() == "f3 <= 80 AND f7 >= 12"
+
+
+def test_ensemble_votes_per_estimator(task):
+    codes, labels, X, y = task
+    e = BranchEnsemble(n_estimators=9, subsets=SUBSETS, random_state=0).fit(X, y)
+    assert len(e.estimators_) == 9
+    proba = e.predict_proba(codes)[:, 1]
+    manual = np.mean([est.predict(codes) for est in e.estimators_], axis=0)
+    np.testing.assert_allclose(proba, manual)
+    assert proba.max() <= 1.0
+    assert np.array_equal(e.predict(codes), proba > 0.5)
+    again = BranchEnsemble(n_estimators=9, subsets=SUBSETS, random_state=0, n_jobs=1).fit(X, y)
+    assert again.to_dict() == e.to_dict()  # threads do not change the result
+
+
+def test_sample_weight_moves_boxes(task):
+    _, _, X, y = task
+    w = np.where(y == 0, 50.0, 1.0)
+    light = DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y)
+    heavy = DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y, sample_weight=w)
+    assert heavy.predict(X)[y == 0].sum() <= light.predict(X)[y == 0].sum()
+    balanced = DecisionBranches(subsets=SUBSETS, random_state=0, class_weight="balanced").fit(X, y)
+    assert len(balanced.boxes) >= 1
+
+
+def test_post_tree_filters_boxes(task):
+    codes, _, X, y = task
+    m = DecisionBranches(subsets=SUBSETS, random_state=0, post_tree=True).fit(X, y)
+    plain = DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y)
+    assert [b.to_dict() for b in m.boxes] == [b.to_dict() for b in plain.boxes]
+    assert len(m.post_trees_) == len(m.boxes)
+    p, q = m.predict(codes), plain.predict(codes)
+    assert not (p & ~q).any()  # trees only remove
+    ids = np.flatnonzero(q)
+    assert np.array_equal(ids[m.refine_hits(codes, ids)], np.flatnonzero(p))
+    assert "decision tree" in m.to_sql() or all(t is None for t in m.post_trees_)
+
+
+@pytest.mark.parametrize("X, y, msg", [
+    (np.zeros((5, 32), np.float32) + np.nan, [1, 0, 0, 0, 0], "NaN"),
+    (np.full((5, 32), 300), [1, 0, 0, 0, 0], "outside 0-255"),
+    (np.zeros((5, 32, 1), np.uint8), [1, 0, 0, 0, 0], "2-D"),
+    (np.zeros((0, 32), np.uint8), [], "empty"),
+    (np.zeros((5, 32), np.uint8), [0, 0, 0, 0, 0], "no positives"),
+    (np.zeros((5, 32), np.uint8), [1, 1, 1, 1, 1], "no negatives"),
+    (np.zeros((1, 32), np.uint8), [1], "no negatives"),
+    (np.zeros((5, 32), np.uint8), [1, 0, 2, 0, 0], "only 0"),
+    (np.zeros((5, 32), np.uint8), [1, 0, 0], "labels but X has 5 rows"),
+    (np.array([["a"] * 32] * 2), [1, 0], "dtype"),
+    (np.full((2, 32), 1.5), [1, 0], "non-integer"),
+])
+def test_bad_training_input(X, y, msg):
+    with pytest.raises(ValueError, match=msg):
+        DecisionBranches(subsets=SUBSETS).fit(X, y)
+    with pytest.raises(ValueError, match=msg):
+        BranchEnsemble(3, subsets=SUBSETS).fit(X, y)
+
+
+def test_bad_parameters_and_unfitted(task):
+    _, _, X, y = task
+    for kw, msg in [({"max_boxes": 0}, "max_boxes"), ({"max_evals": 2.0}, "fraction"), ({"max_evals": "x"}, "max_evals"),
+                    ({"min_pts": -1}, "min_pts"), ({"stop_infinite_split": 2}, "stop_infinite_split"),
+                    ({"class_weight": "x"}, "class_weight"), ({"subsets": [(0, 40)]}, "outside"),
+                    ({"random_state": "x"}, "random_state")]:
+        with pytest.raises(ValueError, match=msg):
+            DecisionBranches(**kw).fit(X, y)
+    with pytest.raises(ValueError, match="sample_weight"):
+        DecisionBranches(subsets=SUBSETS).fit(X, y, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="not fitted"):
+        DecisionBranches().predict(X)
+    with pytest.raises(ValueError, match="not fitted"):
+        BranchEnsemble().predict(X)
+    with pytest.raises(ValueError, match="features, expected 32"):
+        DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y).predict(X[:, :5])
+    with pytest.raises(TypeError):
+        BranchEnsemble(bogus=1)
+
+
+def test_tiny_training_sets():
+    X = np.array([[10] * 32, [200] * 32], np.uint8)
+    m = DecisionBranches(random_state=0).fit(X, [1, 0])
+    assert m.predict(X).tolist() == [True, False]
+    e = BranchEnsemble(5, random_state=0).fit(X, [1, 0])
+    assert e.predict(X).tolist() == [True, False]
+    # duplicate rows with conflicting labels do not break training
+    Xd = np.repeat(X, 3, axis=0)
+    DecisionBranches(random_state=0).fit(Xd, [1, 1, 0, 0, 0, 1])
