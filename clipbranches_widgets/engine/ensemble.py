@@ -31,6 +31,9 @@ class BranchEnsemble:
     subsets : list of tuples, optional (default: the paper's 104 subsets)
     max_samples : None, int or float in (0, 1], default None
         Bootstrap sample size (None = as many rows as the training set).
+    bootstrap_positives : bool, default True
+        Resample the positives too (classic bagging). False keeps every positive once in every
+        sample and resamples only the negatives: the user's few positives are never lost.
     max_evals : default 0.5
         Subsets tried per box in each estimator (the original's ensemble setting).
     stop_infinite : bool, default False
@@ -45,9 +48,10 @@ class BranchEnsemble:
     Attributes: estimators_ (list of fitted DecisionBranches), box_set_, n_features_in_, subsets_.
     """
 
-    def __init__(self, n_estimators=25, subsets=None, *, max_samples=None, max_evals=0.5, stop_infinite=False,
-                 n_jobs=None, random_state=None, **branch_params):
+    def __init__(self, n_estimators=25, subsets=None, *, max_samples=None, bootstrap_positives=True, max_evals=0.5,
+                 stop_infinite=False, n_jobs=None, random_state=None, **branch_params):
         self.n_estimators = n_estimators
+        self.bootstrap_positives = bootstrap_positives
         self.subsets = subsets
         self.max_samples = max_samples
         self.max_evals = max_evals
@@ -59,6 +63,7 @@ class BranchEnsemble:
 
     def get_params(self, deep: bool = True) -> dict:
         return {"n_estimators": self.n_estimators, "subsets": self.subsets, "max_samples": self.max_samples,
+                "bootstrap_positives": self.bootstrap_positives,
                 "max_evals": self.max_evals, "stop_infinite": self.stop_infinite, "n_jobs": self.n_jobs,
                 "random_state": self.random_state, **self.branch_params}
 
@@ -88,6 +93,8 @@ class BranchEnsemble:
             est_rng = np.random.default_rng(seed)
             while True:  # redraw until the sample holds both classes
                 counts = np.bincount(est_rng.integers(0, n, size=m), minlength=n)
+                if not self.bootstrap_positives:
+                    counts[y == 1] = 1
                 rows = np.flatnonzero(counts)
                 if 0 < y[rows].sum() < rows.shape[0]:
                     break
