@@ -31,13 +31,19 @@ class BranchEnsemble:
     subsets : list of tuples, optional (default: the paper's 104 subsets)
     max_samples : None, int or float in (0, 1], default None
         Bootstrap sample size (None = as many rows as the training set).
-    bootstrap_positives : bool, default True
-        Resample the positives too (classic bagging). False keeps every positive once in every
-        sample and resamples only the negatives: the user's few positives are never lost.
+    bootstrap_positives : bool, default False
+        True resamples the positives too (classic bagging, the original). False keeps every
+        positive once in every sample and resamples only the negatives, so the user's few
+        positives are never lost.
     max_evals : default 0.5
         Subsets tried per box in each estimator (the original's ensemble setting).
     stop_infinite : bool, default False
         The original's ensemble setting (open sides extend to 0 / 255).
+    class_weight, min_pts, n_sweeps : as in :class:`DecisionBranches`; defaults "sqrt", None, 1
+        (the original used None, "auto", 1). Measured trade-off: "balanced" beats nearest
+        neighbours on digits from 8 positives but over-grows boxes on app-like tasks (60 marked +
+        500 random negatives); None is best there but needs 22 positives on digits; "sqrt" sits
+        between (12 positives; see benchmarks/results/figure3_digits.md).
     n_jobs : int or None, default None
         Threads training estimators (None = all cores).
     random_state : None, int or Generator
@@ -48,10 +54,14 @@ class BranchEnsemble:
     Attributes: estimators_ (list of fitted DecisionBranches), box_set_, n_features_in_, subsets_.
     """
 
-    def __init__(self, n_estimators=25, subsets=None, *, max_samples=None, bootstrap_positives=True, max_evals=0.5,
-                 stop_infinite=False, n_jobs=None, random_state=None, **branch_params):
+    def __init__(self, n_estimators=25, subsets=None, *, max_samples=None, bootstrap_positives=False, max_evals=0.5,
+                 stop_infinite=False, class_weight="sqrt", min_pts=None, n_sweeps=1, n_jobs=None,
+                 random_state=None, **branch_params):
         self.n_estimators = n_estimators
         self.bootstrap_positives = bootstrap_positives
+        self.class_weight = class_weight
+        self.min_pts = min_pts
+        self.n_sweeps = n_sweeps
         self.subsets = subsets
         self.max_samples = max_samples
         self.max_evals = max_evals
@@ -63,7 +73,8 @@ class BranchEnsemble:
 
     def get_params(self, deep: bool = True) -> dict:
         return {"n_estimators": self.n_estimators, "subsets": self.subsets, "max_samples": self.max_samples,
-                "bootstrap_positives": self.bootstrap_positives,
+                "bootstrap_positives": self.bootstrap_positives, "class_weight": self.class_weight,
+                "min_pts": self.min_pts, "n_sweeps": self.n_sweeps,
                 "max_evals": self.max_evals, "stop_infinite": self.stop_infinite, "n_jobs": self.n_jobs,
                 "random_state": self.random_state, **self.branch_params}
 
@@ -100,9 +111,10 @@ class BranchEnsemble:
                     break
             yb = y[rows]
             wb = w[rows] * counts[rows]
-            wb = wb * class_weight_factors(self.branch_params.get("class_weight"), yb, wb)
-            est = DecisionBranches(subsets, max_evals=self.max_evals, stop_infinite=self.stop_infinite, n_jobs=1,
-                                   random_state=est_rng, **self.branch_params)
+            wb = wb * class_weight_factors(self.class_weight, yb, wb)
+            est = DecisionBranches(subsets, max_evals=self.max_evals, stop_infinite=self.stop_infinite,
+                                   class_weight=self.class_weight, min_pts=self.min_pts, n_sweeps=self.n_sweeps,
+                                   n_jobs=1, random_state=est_rng, **self.branch_params)
             est._check_params()
             return est._fit_weighted(X[rows], yb, wb, subsets, est_rng)
 
