@@ -37,7 +37,8 @@ METHODS = {
     "ensemble": lambda seed: BranchEnsemble(25, subsets=SUBSETS, random_state=seed),
     "branches (original settings)": lambda seed: DecisionBranches(subsets=SUBSETS, random_state=seed, **ORIGINAL_PARAMS),
     "ensemble (original settings)": lambda seed: BranchEnsemble(25, subsets=SUBSETS, random_state=seed, class_weight=None,
-                                                                min_pts="auto", bootstrap_positives=True),
+                                                                min_pts="auto", bootstrap_positives=True,
+                                                                stop_infinite=False),
     "sklearn tree": lambda seed: make_baseline("tree", random_state=seed),
     "sklearn forest (25)": lambda seed: make_baseline("forest", random_state=seed),
 }

@@ -116,11 +116,18 @@ def test_ensemble_votes_per_estimator(task):
 
 
 def test_sample_weight_moves_boxes(task):
+    """Heavier negatives shrink boxes: directly without class weights; on average with "sqrt"
+    class weights, which re-balance the class totals and so absorb part of a uniform weight."""
     _, _, X, y = task
-    w = np.where(y == 0, 50.0, 1.0)
-    light = DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y)
-    heavy = DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y, sample_weight=w)
-    assert heavy.predict(X)[y == 0].sum() <= light.predict(X)[y == 0].sum()
+
+    def covered_negatives(weight, class_weight, seeds):
+        w = np.where(y == 0, float(weight), 1.0)
+        return [int(DecisionBranches(subsets=SUBSETS, random_state=s, class_weight=class_weight)
+                    .fit(X, y, sample_weight=w).predict(X)[y == 0].sum()) for s in seeds]
+
+    light, heavy = covered_negatives(1, None, [0]), covered_negatives(50, None, [0])
+    assert heavy[0] < light[0]
+    assert np.mean(covered_negatives(50, "sqrt", range(5))) < np.mean(covered_negatives(1, "sqrt", range(5)))
     balanced = DecisionBranches(subsets=SUBSETS, random_state=0, class_weight="balanced").fit(X, y)
     assert len(balanced.boxes) >= 1
 
@@ -187,3 +194,46 @@ def test_tiny_training_sets():
     # duplicate rows with conflicting labels do not break training
     Xd = np.repeat(X, 3, axis=0)
     DecisionBranches(random_state=0).fit(Xd, [1, 1, 0, 0, 0, 1])
+
+
+def test_index_search_applies_post_trees(task):
+    from clipbranches_widgets.engine import BoxIndex
+    codes, _, X, y = task
+    m = DecisionBranches(subsets=SUBSETS, random_state=0, post_tree=True).fit(X, y)
+    index = BoxIndex.build(codes, SUBSETS)
+    expected = np.flatnonzero(m.predict(codes))
+    for method in ("index", "scan"):
+        assert sorted(index.search(m, method=method).ids.tolist()) == expected.tolist()
+
+
+@pytest.mark.parametrize("n, dup", [(300, False), (3000, True), (70000, False)])
+def test_trained_models_index_scan_numpy_predict_agree(n, dup):
+    """Real trained models (not random boxes) give one answer through every path."""
+    from clipbranches_widgets.engine import BoxIndex, apply_boxes_numpy
+    codes, labels = clustered_codes(n, seed=n)
+    if dup:  # duplicate rows and values at both ends of the range
+        codes[n // 2:] = codes[: n - n // 2]
+        codes[:50, :8] = 0
+        codes[50:100, :8] = 255
+    index = BoxIndex.build(codes, SUBSETS)
+    rng = np.random.default_rng(n)
+    pos = rng.choice(np.flatnonzero(labels == 1), min(40, (labels == 1).sum()), replace=False)
+    neg = rng.choice(np.setdiff1d(np.arange(n), pos), min(200, n - len(pos)), replace=False)
+    X, y = codes[np.r_[pos, neg]], np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]
+    for model in (DecisionBranches(subsets=SUBSETS, random_state=1).fit(X, y),
+                  BranchEnsemble(7, subsets=SUBSETS, random_state=1).fit(X, y)):
+        ref_ids, ref_scores = apply_boxes_numpy(codes, model.box_set_)
+        assert sorted(ref_ids.tolist()) == np.flatnonzero(model.predict(codes)).tolist()
+        for method in ("index", "scan", "auto"):
+            hits = index.search(model, method=method)
+            np.testing.assert_array_equal(hits.ids, ref_ids)
+            np.testing.assert_array_equal(hits.scores, ref_scores)
+
+
+def test_engine_imports_no_torch_or_widgets():
+    import subprocess
+    import sys
+    code = ("import sys, clipbranches_widgets.engine as e; "
+            "bad = [m for m in ('torch', 'ipywidgets', 'anywidget', 'open_clip') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

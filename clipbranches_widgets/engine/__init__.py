@@ -5,9 +5,10 @@
 
 from .boxes import Box, BoxSet, apply_boxes_numpy
 from .branches import DecisionBranches
+from .index import BoxIndex
 from .ensemble import BranchEnsemble
 from .result import SearchResult
 from .subsets import default_subsets, feature_subsets
 
-__all__ = ["Box", "BoxSet", "BranchEnsemble", "DecisionBranches", "SearchResult", "apply_boxes_numpy",
+__all__ = ["Box", "BoxIndex", "BoxSet", "BranchEnsemble", "DecisionBranches", "SearchResult", "apply_boxes_numpy",
            "default_subsets", "feature_subsets"]

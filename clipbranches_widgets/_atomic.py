@@ -1,0 +1,119 @@
+"""Atomic file and folder writes: a crash never leaves a half-written file or folder in place.
+
+A file is written to a temporary name in the same folder, flushed to disk, then ``os.replace``d
+onto its final name (atomic on POSIX and Windows within one file system). A folder is filled under
+a temporary name next to its final place and renamed into place only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_save_npy(path, array: np.ndarray) -> None:
+    """``np.save`` ``array`` to ``path`` atomically (the name is used as given, no ``.npy`` added)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def publish_dir(tmp_dir, final_dir) -> bool:
+    """Rename the complete folder ``tmp_dir`` to ``final_dir``; return False if ``final_dir`` exists.
+
+    When another process published ``final_dir`` first, ``tmp_dir`` is removed and False returned
+    (the caller then uses the existing folder); an existing folder is never overwritten.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    try:
+        # os.rename of a folder onto an existing non-empty folder fails on every platform, and we
+        # check first so that an existing *empty* folder (which POSIX would replace) is kept too.
+        if final_dir.exists():
+            raise FileExistsError(final_dir)
+        os.rename(tmp_dir, final_dir)
+    except OSError:
+        if final_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            return False
+        raise
+    _fsync_dir(final_dir.parent)
+    return True
+
+
+@contextlib.contextmanager
+def staging_dir(final_dir):
+    """Yield a fresh temporary folder next to ``final_dir``; publish it there if the block succeeds.
+
+    On an exception the temporary folder is deleted and nothing appears under ``final_dir``. The
+    context value is the temporary folder's ``Path``; after the block, ``published`` on the
+    returned holder says whether this call created ``final_dir`` (False: someone else did first).
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.", suffix=".tmp"))
+    holder = _Staged(tmp)
+    try:
+        yield holder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    holder.published = publish_dir(tmp, final_dir)
+
+
+class _Staged:
+    """What :func:`staging_dir` yields: ``path`` (the temporary folder) and ``published``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.published = False
