@@ -103,7 +103,7 @@ def compile_cost() -> dict:
     return out
 
 
-def bench_size(n_rows: int, n_tasks: int, full_numpy: bool) -> dict:
+def bench_size(n_rows: int, n_tasks: int, full_numpy: bool, leaf_study: bool = False) -> dict:
     print(f"\n=== {n_rows:,} rows ===", flush=True)
     t = time.perf_counter()
     codes, labels = clustered_catalog(n_rows, seed=1)
@@ -160,7 +160,27 @@ def bench_size(n_rows: int, n_tasks: int, full_numpy: bool) -> dict:
         tasks.append(r)
     row["tasks"] = tasks
     del index
+    if leaf_study:
+        row["leaf_sizes"] = leaf_size_study(codes, labels, tasks[0]["cluster"])
     return row
+
+
+def leaf_size_study(codes, labels, cluster) -> list[dict]:
+    """Bytes per item and index query time of the rarest task's models for several leaf sizes."""
+    ids, y = labelled_task(codes, labels, cluster, seed=0)
+    models = {"branches": DecisionBranches(subsets=SUBSETS, random_state=0).fit(codes[ids], y),
+              "ensemble": BranchEnsemble(25, subsets=SUBSETS, random_state=0).fit(codes[ids], y)}
+    out = []
+    for leaf in (64, 128, 256, 512, 1024):
+        t = time.perf_counter()
+        index = BoxIndex.build(codes, SUBSETS, leaf_size=leaf)
+        r = {"leaf_size": leaf, "build_s": time.perf_counter() - t, "bytes_per_item": index.nbytes / codes.shape[0]}
+        for name, m in models.items():
+            index.search(m, method="index")
+            _, r[f"{name}_index_s"], _ = timed(lambda: index.search(m, method="index"), 5)
+        print(r, flush=True)
+        out.append(r)
+    return out
 
 
 def report(results: dict) -> str:
@@ -193,6 +213,13 @@ def report(results: dict) -> str:
                     f"{t[f'apply_{name}_scan_s'] / s['streaming_pass_s']:.2f} |")
             lines.append(f"| {s['n_rows']:,} | sklearn tree / forest | - | - | - | - | - | "
                          f"{t['apply_tree_sklearn_s'] * 1e3:.0f} / {t['apply_forest_sklearn_s'] * 1e3:.0f} (chunked predict) | - | - |")
+    for s in results["sizes"]:
+        if s.get("leaf_sizes"):
+            lines += ["", f"## Leaf size ({s['n_rows']:,} rows, rarest task; median ms through the index)", "",
+                      "| leaf size | build (s) | bytes per item | branches query | ensemble query |", "|---|---|---|---|---|"]
+            for r in s["leaf_sizes"]:
+                lines.append(f"| {r['leaf_size']} | {r['build_s']:.1f} | {r['bytes_per_item']:.1f} | "
+                             f"{r['branches_index_s'] * 1e3:.2f} | {r['ensemble_index_s'] * 1e3:.2f} |")
     c = results.get("compile")
     if c:
         lines += ["", "## First call in a fresh process (s)", "", "| Numba cache | import | branches fit | ensemble fit | index build (560 rows) | first searches |",
@@ -236,12 +263,13 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     ap.add_argument("--tasks", type=int, default=3, help="labelled tasks per size, rare to common")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--leaf-study-rows", type=int, default=1_000_000, help="catalog size for the leaf-size study")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(), "compile": compile_cost(), "sizes": []}
     print(results["machine"], results["compile"], flush=True)
     for n in args.sizes:
-        results["sizes"].append(bench_size(n, args.tasks, full_numpy=n <= 1_000_000))
+        results["sizes"].append(bench_size(n, args.tasks, full_numpy=n <= 1_000_000, leaf_study=n == args.leaf_study_rows))
     (args.out / "engine.json").write_text(json.dumps(results, indent=1))
     (args.out / "engine.md").write_text(report(results))
     plot(results, args.out / "apply_time.png")

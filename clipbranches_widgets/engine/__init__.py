@@ -9,6 +9,7 @@ from .index import BoxIndex
 from .ensemble import BranchEnsemble
 from .result import SearchResult
 from .subsets import default_subsets, feature_subsets
+from .training_set import TrainingSet, make_training_set
 
-__all__ = ["Box", "BoxIndex", "BoxSet", "BranchEnsemble", "DecisionBranches", "SearchResult", "apply_boxes_numpy",
-           "default_subsets", "feature_subsets"]
+__all__ = ["Box", "BoxIndex", "BoxSet", "BranchEnsemble", "DecisionBranches", "SearchResult", "TrainingSet", "apply_boxes_numpy",
+           "default_subsets", "feature_subsets", "make_training_set"]
