@@ -40,18 +40,22 @@ SUBSETS = feature_subsets(32, {4: 64, 6: 32, 8: 8}, seed=42)
 
 
 @njit(parallel=True, cache=True)
-def streaming_pass(codes):
-    """One streaming read of every code byte (a sum), the floor any scan is compared against."""
-    n = codes.shape[0]
+def _xor_words(words):
     n_blocks = 64
-    partial = np.zeros(n_blocks, np.int64)
+    partial = np.zeros(n_blocks, np.uint64)
+    n = words.shape[0]
     for b in prange(n_blocks):
-        s = 0
+        acc = np.uint64(0)
         for i in range(b * n // n_blocks, (b + 1) * n // n_blocks):
-            for j in range(codes.shape[1]):
-                s += codes[i, j]
-        partial[b] = s
-    return partial.sum()
+            acc ^= words[i]
+        partial[b] = acc
+    return partial
+
+
+def streaming_pass(codes):
+    """One streaming read of every code byte (XOR of 8-byte words, which LLVM vectorises fully):
+    the floor any scan is compared against."""
+    return _xor_words(codes.reshape(-1).view(np.uint64))
 
 
 def timed(fn, repeat):
