@@ -246,18 +246,6 @@ def _gini_numpy(wp_in, wn_in, wp_tot, wn_tot):
     return float(gini_split.py_func(wp_in, wn_in, wp_tot, wn_tot))
 
 
-def _open_numpy(direction, edge, pos_extreme, data_extreme, stop_infinite, split):
-    if direction < 0:
-        if not stop_infinite:
-            return 0
-        anchor = min(edge, pos_extreme)
-        return int(np.ceil(anchor - split * (anchor - data_extreme)))
-    if not stop_infinite:
-        return 255
-    anchor = max(edge, pos_extreme)
-    return int(np.floor(anchor + split * (data_extreme - anchor)))
-
-
 def grow_box_numpy(X, y, w, dims, order, seed, min_pts, early_stopping, stop_infinite, split, n_sweeps, min_in,
                    pos_min, pos_max, data_min, data_max):
     """Reference version of :func:`grow_box`; returns (lo, hi, score)."""
@@ -293,7 +281,7 @@ def grow_box_numpy(X, y, w, dims, order, seed, min_pts, early_stopping, stop_inf
                 data_extreme = data_min[f] if direction < 0 else data_max[f]
                 cut = (lambda a, b: (a + b) // 2 + 1) if direction < 0 else (lambda a, b: (a + b + 1) // 2 - 1)
                 if len(values) == 0:
-                    new[direction] = _open_numpy(direction, edge, pos_extreme, data_extreme, stop_infinite, split)
+                    new[direction] = _open_bound.py_func(direction, edge, pos_extreme, data_extreme, stop_infinite, split)
                     continue
                 if early_stopping and not (beyond & pos).any():
                     new[direction] = cut(edge, values[0])
@@ -314,7 +302,7 @@ def grow_box_numpy(X, y, w, dims, order, seed, min_pts, early_stopping, stop_inf
                 if best_i + 1 < len(values):
                     new[direction] = cut(values[best_i], values[best_i + 1])
                 else:
-                    new[direction] = _open_numpy(direction, values[best_i], pos_extreme, data_extreme, stop_infinite, split)
+                    new[direction] = _open_bound.py_func(direction, values[best_i], pos_extreme, data_extreme, stop_infinite, split)
             if new[-1] != lo[j] or new[1] != hi[j]:
                 changed = True
                 lo[j], hi[j] = new[-1], new[1]
