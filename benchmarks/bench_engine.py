@@ -224,6 +224,7 @@ def report(results: dict) -> str:
             for r in s["leaf_sizes"]:
                 lines.append(f"| {r['leaf_size']} | {r['build_s']:.1f} | {r['bytes_per_item']:.1f} | "
                              f"{r['branches_index_s'] * 1e3:.2f} | {r['ensemble_index_s'] * 1e3:.2f} |")
+    lines += targets_section(results)
     c = results.get("compile")
     if c:
         lines += ["", "## First call in a fresh process (s)", "", "| Numba cache | import | branches fit | ensemble fit | index build (560 rows) | first searches |",
@@ -232,6 +233,48 @@ def report(results: dict) -> str:
             lines.append(f"| {label} | {v['import_s']:.2f} | {v['branches_first_fit_s']:.2f} | {v['ensemble_first_fit_s']:.2f} | "
                          f"{v['index_first_build_s']:.2f} | {v['first_searches_s']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def targets_section(results: dict) -> list[str]:
+    """The issue's targets, met or missed, computed from the recorded results (and scan.json)."""
+    tasks = [(s["n_rows"], t) for s in results["sizes"] for t in s["tasks"]]
+    big = max(s["n_rows"] for s in results["sizes"])
+    big_size = next(s for s in results["sizes"] if s["n_rows"] == big)
+    rows = []
+
+    def add(target, value, met, how):
+        rows.append(f"| {target} | {value} | {'met' if met else 'MISSED'} | {how} |")
+
+    worst = max(t["train_branches_s"] for _, t in tasks)
+    add("branch training <= 10 ms", f"{worst * 1e3:.1f} ms (worst task)", worst <= 0.010, "median of 7 per task")
+    worst = max(t["train_ensemble_s"] for _, t in tasks)
+    add("ensemble (25) training <= 150 ms", f"{worst * 1e3:.1f} ms (worst task)", worst <= 0.150, "median of 5 per task")
+    if big >= 10_000_000:
+        add("index build <= 60 s for 10M rows", f"{big_size['index_build_s']:.1f} s", big_size["index_build_s"] <= 60, "in memory")
+    worst = max(s["index_bytes_per_item"] for s in results["sizes"])
+    add("index <= 232 B/item", f"{worst:.1f} B/item", worst <= 232, "perm + node bounds + planner sample")
+    sel = [(t[f"apply_{m}_scan_s"] / t[f"apply_{m}_index_s"], m, t[f"{m}_selectivity"]) for n, t in tasks if n == big
+           for m in ("branches", "ensemble") if t[f"{m}_selectivity"] <= 0.01]
+    if sel:
+        best = max(sel)
+        add(f"selective model (<= 1% of rows) via index >= 10x faster than the scan at {big:,} rows",
+            f"best {best[0]:.1f}x ({best[1]}, {100 * best[2]:.2f}%); all: " + ", ".join(f"{r:.1f}x" for r, _, _ in sel),
+            best[0] >= 10, "whole search incl. scoring")
+    scan_json = RESULTS / "scan.json"
+    if scan_json.exists():
+        sc = json.loads(scan_json.read_text())
+        ratios = ", ".join(f"{m['model']}: {m['ratio']:.1f}x" for m in sc["models"] if "[10..30]" in m["model"])
+        add("fused scan within 2x of one streaming pass", ratios, all(m["ratio"] <= 2 for m in sc["models"]),
+            f"results/scan.md, {sc['n_rows']:,} rows")
+    return ["", "## Targets (from the issue)", "", "| target | measured | status | how |", "|---|---|---|---|", *rows, "",
+            "Why the two speed targets are missed: trained boxes constrain all 4-8 dims of their subset with moderate "
+            "widths; a k-d tree over a 65,536-row segment (uint16 offsets, needed for the byte budget) splits each of "
+            "8 dims only about once, so a box selecting ~1-2% of the catalog still touches ~25% of the leaves, and "
+            "random-access row checks lose to one sequential SIMD pass; the planner therefore picks the scan. The scan "
+            "meets 2x for single-box models; for many boxes the byte transpose (~69 ms at 10M) and the per-box tests "
+            "(~62 ms for 75 boxes) dominate. Tried without enough gain: a global PCA-tree row order (~25% faster index "
+            "queries), a column-major copy of the codes (22.7 ms for a 4-dim box, 157 ms for 32 dims at 10M), leaf "
+            "size 64 (6%)."]
 
 
 def plot(results: dict, path: Path):
@@ -268,8 +311,15 @@ def main():
     ap.add_argument("--tasks", type=int, default=3, help="labelled tasks per size, rare to common")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--leaf-study-rows", type=int, default=1_000_000, help="catalog size for the leaf-size study")
+    ap.add_argument("--report-only", action="store_true", help="rebuild engine.md and the plot from engine.json")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        results = json.loads((args.out / "engine.json").read_text())
+        (args.out / "engine.md").write_text(report(results))
+        plot(results, args.out / "apply_time.png")
+        print(report(results))
+        return
     results = {"machine": machine(), "compile": compile_cost(), "sizes": []}
     print(results["machine"], results["compile"], flush=True)
     for n in args.sizes:

@@ -18,6 +18,7 @@ the ids costs as much as the scan). Model names carry the half-width range.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from clipbranches_widgets.engine.subsets import feature_subsets  # noqa: E402
 from clipbranches_widgets.engine.synthetic import clustered_catalog  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import streaming_pass  # noqa: E402  (one streaming-pass kernel for all benchmarks)
+from bench_engine import machine, streaming_pass  # noqa: E402  (one streaming-pass kernel for all benchmarks)
 
 SUBSETS = feature_subsets(32, {4: 64, 6: 32, 8: 8}, seed=42)
 
@@ -92,6 +93,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--codes", help="optional .npz cache of the generated codes (created when missing)")
     args = ap.parse_args(argv)
 
@@ -117,17 +119,27 @@ def main(argv=None):
 
     streaming_pass(codes[:1000])
     t_stream, t_stream_min = timed(lambda: streaming_pass(codes), max(args.repeats, 9))
-    print(f"\n{codes.shape[0]:,} rows x {codes.shape[1]} dims, {numba.get_num_threads()} threads, "
-          f"median of {args.repeats} (min in brackets)\n")
-    print("| model | boxes | estimators | used dims | hits % | scan (ms) | scan / streaming pass |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| streaming pass | - | - | 32 | - | {t_stream * 1e3:.1f} ({t_stream_min * 1e3:.1f}) | 1.00 |")
+    lines = [f"# Fused scan vs one streaming pass ({codes.shape[0]:,} rows)", "",
+             f"Machine: {machine()['cpu']}, {machine()['cores']} cores; {machine()['date']}; "
+             f"{numba.get_num_threads()} threads; median of {args.repeats} (min in brackets). "
+             "Re-run: `.venv/bin/python benchmarks/bench_scan.py`. Pass 1 + compaction (`scan_votes`), "
+             "without scoring or ranking the hits.", "",
+             "| model | boxes | estimators | used dims | hits % | scan (ms) | scan / streaming pass |",
+             "|---|---|---|---|---|---|---|",
+             f"| streaming pass | - | - | 32 | - | {t_stream * 1e3:.1f} ({t_stream_min * 1e3:.1f}) | 1.00 |"]
+    rows = []
     for name, bs in ms.items():
         ids, _ = scan_votes(codes, bs)
         t, tmin = timed(lambda: scan_votes(codes, bs), args.repeats)
-        print(f"| {name} | {bs.n_boxes} | {bs.n_estimators} | {used_dims(bs)} | {100 * len(ids) / codes.shape[0]:.2f} "
-              f"| {t * 1e3:.1f} ({tmin * 1e3:.1f}) | {t / t_stream:.2f} |")
-
+        rows.append({"model": name, "boxes": bs.n_boxes, "estimators": bs.n_estimators, "scan_s": t,
+                     "ratio": t / t_stream, "hits_frac": len(ids) / codes.shape[0]})
+        lines.append(f"| {name} | {bs.n_boxes} | {bs.n_estimators} | {used_dims(bs)} | {100 * len(ids) / codes.shape[0]:.2f} "
+                     f"| {t * 1e3:.1f} ({tmin * 1e3:.1f}) | {t / t_stream:.2f} |")
+    print("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scan.md").write_text("\n".join(lines) + "\n")
+    (args.out / "scan.json").write_text(json.dumps({"machine": machine(), "n_rows": int(codes.shape[0]),
+                                                    "streaming_pass_s": t_stream, "models": rows}, indent=1))
 
 if __name__ == "__main__":
     main()
