@@ -1,0 +1,223 @@
+"""A catalog folder: 8-bit codes, item metadata, thumbnails and the box index, validated on open.
+
+Layout (DESIGN.md)::
+
+    manifest.json      format + version, n_items, dim, quantizer, encoder/head spec, file sizes + sha256
+    codes.npy          uint8 (N, dim), C order, memory-mapped on open
+    items.parquet      one row per item: id (0..N-1), caption, ... (any further columns: attributes)
+    thumbs.bin         optional: JPEG bytes of every item, back to back
+    thumbs.idx.npy     optional: int64 (N + 1,) offsets into thumbs.bin
+    index/             BoxIndex folders, keyed by the codes' hash (built on demand)
+
+``write_catalog`` fills a temporary folder and renames it into place, so a crash never leaves a
+half-written catalog; an existing catalog at the same path is replaced only after the new one is
+complete. ``open_catalog`` checks every file against the manifest and raises ``ValueError`` naming
+the file that is missing, truncated, corrupt or inconsistent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import staging_dir
+from .quantize import GlobalQuantizer, quantizer_from_dict
+
+FORMAT = "clipbranches.catalog"
+VERSION = 1
+#: files up to this size are hashed on open; larger ones are checked by size only (``verify="hash"`` forces it)
+HASH_ON_OPEN_MAX_BYTES = 256 * 2**20
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = None, thumbnails=None,
+                  extra: dict | None = None) -> "Catalog":
+    """Write a catalog folder at ``path`` atomically and return it opened.
+
+    codes: uint8 (N, d). items: pyarrow Table (or anything ``pa.table`` accepts) with N rows and an
+    ``id`` column equal to 0..N-1 (added if absent). thumbnails: optional sequence of N JPEG byte
+    strings. encoder: JSON-able description of the encoder + head that made the embeddings.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .engine._validation import check_codes
+
+    codes = check_codes(codes, name="codes")
+    n, dim = codes.shape
+    table = items if isinstance(items, pa.Table) else pa.table(items)
+    if table.num_rows != n:
+        raise ValueError(f"items has {table.num_rows} rows but codes has {n}")
+    if "id" not in table.column_names:
+        table = table.add_column(0, "id", pa.array(np.arange(n, dtype=np.int64)))
+    elif not np.array_equal(np.asarray(table.column("id")), np.arange(n)):
+        raise ValueError("items.id must be 0..N-1 in order (the row number of each item's code)")
+    if thumbnails is not None and len(thumbnails) != n:
+        raise ValueError(f"got {len(thumbnails)} thumbnails for {n} items")
+    quantizer = quantizer if quantizer is not None else GlobalQuantizer()
+    final = Path(path)
+    with staging_dir(final.with_name(final.name + ".new")) as staged:
+        folder = staged.path
+        np.save(folder / "codes.npy", codes, allow_pickle=False)
+        pq.write_table(table, folder / "items.parquet")
+        files = ["codes.npy", "items.parquet"]
+        if thumbnails is not None:
+            offsets = np.zeros(n + 1, np.int64)
+            with open(folder / "thumbs.bin", "wb") as f:
+                for i, jpeg in enumerate(thumbnails):
+                    f.write(jpeg)
+                    offsets[i + 1] = offsets[i] + len(jpeg)
+            np.save(folder / "thumbs.idx.npy", offsets, allow_pickle=False)
+            files += ["thumbs.bin", "thumbs.idx.npy"]
+        manifest = {"format": FORMAT, "version": VERSION, "n_items": n, "dim": dim,
+                    "quantizer": quantizer.to_dict(), "encoder": encoder, "extra": extra or {},
+                    "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+                              for name in files}}
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    # swap the complete new folder into place; the old catalog (if any) is removed only afterwards
+    staged_final = final.with_name(final.name + ".new")
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(staged_final, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return open_catalog(final)
+
+
+class Catalog:
+    """An opened catalog folder (see :func:`open_catalog`).
+
+    Attributes: path, manifest, codes (memory-mapped uint8 (N, d)), items (pyarrow Table),
+    quantizer, n_items, dim.
+    """
+
+    def __init__(self, path: Path, manifest: dict, codes: np.ndarray, items, thumb_offsets):
+        self.path = path
+        self.manifest = manifest
+        self.codes = codes
+        self.items = items
+        self.quantizer = quantizer_from_dict(manifest["quantizer"])
+        self._thumb_offsets = thumb_offsets
+
+    @property
+    def n_items(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.codes.shape[1])
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self.path)!r}, {self.n_items:,} items x {self.dim} dims)"
+
+    def _check_id(self, item_id) -> int:
+        if isinstance(item_id, (bool, np.bool_)) or not isinstance(item_id, (int, np.integer)):
+            raise ValueError(f"item ids are integers; got {item_id!r}")
+        if not 0 <= int(item_id) < self.n_items:
+            raise ValueError(f"unknown item id {item_id}: this catalog has ids 0..{self.n_items - 1}")
+        return int(item_id)
+
+    @property
+    def has_thumbnails(self) -> bool:
+        return self._thumb_offsets is not None
+
+    def thumbnail(self, item_id) -> bytes:
+        """The stored JPEG bytes of one item."""
+        i = self._check_id(item_id)
+        if self._thumb_offsets is None:
+            raise ValueError(f"catalog {self.path} stores no thumbnails")
+        start, stop = int(self._thumb_offsets[i]), int(self._thumb_offsets[i + 1])
+        with open(self.path / "thumbs.bin", "rb") as f:
+            f.seek(start)
+            return f.read(stop - start)
+
+    def box_index(self, subsets=None):
+        """The engine's BoxIndex for these codes, built once and kept under ``index/`` (keyed by the
+        codes' hash, so a rebuilt catalog never reuses a stale index)."""
+        from .engine import BoxIndex
+        from .engine.subsets import default_subsets
+
+        subsets = default_subsets(self.dim) if subsets is None else subsets
+        return BoxIndex.build(self.codes, subsets, path=self.path / "index",
+                              codes_hash=self.manifest["files"]["codes.npy"]["sha256"])
+
+
+def open_catalog(path, *, verify: str = "auto") -> Catalog:
+    """Open and validate a catalog folder.
+
+    verify: "auto" (hash files up to 256 MiB, size-check larger ones), "hash" (hash everything) or
+    "size". Raises ValueError naming the bad file.
+    """
+    import pyarrow.parquet as pq
+
+    if verify not in ("auto", "hash", "size"):
+        raise ValueError(f"verify must be 'auto', 'hash' or 'size'; got {verify!r}")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"no catalog at {folder}: not a folder")
+    mpath = folder / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{folder} is not a catalog: {mpath} is missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"catalog file {mpath} is corrupt: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{mpath} does not describe a clipbranches catalog")
+    if manifest.get("version") != VERSION:
+        raise ValueError(f"{mpath} has format version {manifest.get('version')}; this code reads {VERSION}")
+    try:
+        n, dim, files = int(manifest["n_items"]), int(manifest["dim"]), manifest["files"]
+        quantizer_from_dict(manifest["quantizer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"catalog file {mpath} is corrupt: {exc}") from None
+    for name in ("codes.npy", "items.parquet"):
+        if name not in files:
+            raise ValueError(f"catalog file {mpath} lists no {name}")
+    for name, info in files.items():
+        fpath = folder / name
+        if not fpath.exists():
+            raise ValueError(f"catalog file {fpath} is missing")
+        size = fpath.stat().st_size
+        if size != info.get("bytes"):
+            raise ValueError(f"catalog file {fpath} has {size} bytes; the manifest says {info.get('bytes')} (truncated or replaced?)")
+        if verify == "hash" or (verify == "auto" and size <= HASH_ON_OPEN_MAX_BYTES):
+            if _sha256(fpath) != info.get("sha256"):
+                raise ValueError(f"catalog file {fpath} does not match its checksum in the manifest (corrupt or replaced)")
+    try:
+        codes = np.load(folder / "codes.npy", mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"catalog file {folder / 'codes.npy'} is not a readable .npy array: {exc}") from None
+    if codes.dtype != np.uint8 or codes.shape != (n, dim):
+        raise ValueError(f"catalog file {folder / 'codes.npy'} holds {codes.dtype} {codes.shape}; "
+                         f"the manifest says uint8 {(n, dim)}")
+    try:
+        items = pq.read_table(folder / "items.parquet")
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise ValueError(f"catalog file {folder / 'items.parquet'} is not readable: {exc}") from None
+    if items.num_rows != n or "id" not in items.column_names:
+        raise ValueError(f"catalog file {folder / 'items.parquet'} has {items.num_rows} rows "
+                         f"(and columns {items.column_names}); expected {n} rows with an id column")
+    offsets = None
+    if "thumbs.idx.npy" in files:
+        offsets = np.load(folder / "thumbs.idx.npy", allow_pickle=False)
+        if offsets.shape != (n + 1,) or offsets[0] != 0 or (np.diff(offsets) < 0).any() \
+                or offsets[-1] != files["thumbs.bin"]["bytes"]:
+            raise ValueError(f"catalog file {folder / 'thumbs.idx.npy'} does not match thumbs.bin")
+    return Catalog(folder, manifest, np.asarray(codes), items, offsets)

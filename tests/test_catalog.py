@@ -1,0 +1,83 @@
+"""Catalog folders: round trip, atomic replace, and clear errors naming the bad file."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from clipbranches_widgets.catalog import open_catalog, write_catalog
+from clipbranches_widgets.engine import DecisionBranches
+
+
+def make(tmp_path, n=300, thumbs=True):
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (n, 32)).astype(np.uint8)
+    items = pa.table({"caption": [f"item {i}" for i in range(n)], "color": ["red" if i % 3 else "blue" for i in range(n)]})
+    jpegs = [bytes([i % 256]) * (i % 7 + 1) for i in range(n)] if thumbs else None
+    return write_catalog(tmp_path / "cat", codes, items, thumbnails=jpegs, encoder={"name": "test"}), codes, jpegs
+
+
+def test_round_trip(tmp_path):
+    cat, codes, jpegs = make(tmp_path)
+    again = open_catalog(tmp_path / "cat")
+    np.testing.assert_array_equal(again.codes, codes)
+    assert again.items.column_names == ["id", "caption", "color"] and again.items.num_rows == 300
+    assert again.thumbnail(5) == jpegs[5] and again.thumbnail(299) == jpegs[299]
+    assert len(again) == 300 and again.dim == 32 and again.manifest["encoder"] == {"name": "test"}
+    assert sorted(p.name for p in (tmp_path).iterdir()) == ["cat"]  # no temporary folders left
+
+
+def test_rewrite_replaces_whole_catalog_and_index_is_keyed(tmp_path):
+    cat, codes, _ = make(tmp_path)
+    index = cat.box_index()
+    assert not index.loaded and cat.box_index().loaded  # second call reuses the saved index
+    X, y = codes[:60], np.r_[np.ones(10, int), np.zeros(50, int)]
+    m = DecisionBranches(random_state=0).fit(X, y)
+    assert sorted(cat.box_index().search(m).ids.tolist()) == np.flatnonzero(m.predict(codes)).tolist()
+    new_codes = np.ascontiguousarray(codes[::-1])
+    cat2 = write_catalog(tmp_path / "cat", new_codes, pa.table({"caption": ["x"] * 300}))
+    np.testing.assert_array_equal(cat2.codes, new_codes)
+    assert not cat2.has_thumbnails
+    assert not cat2.box_index().loaded  # new codes -> new key -> no stale index
+
+
+@pytest.mark.parametrize("damage, msg", [
+    (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),
+    (lambda p: (p / "manifest.json").write_text("{not json"), "manifest.json is corrupt"),
+    (lambda p: (p / "codes.npy").unlink(), "codes.npy is missing"),
+    (lambda p: (p / "codes.npy").write_bytes((p / "codes.npy").read_bytes()[:-10]), "codes.npy has .* bytes"),
+    (lambda p: (p / "items.parquet").write_bytes(b"x" * (p / "items.parquet").stat().st_size), "items.parquet does not match its checksum"),
+    (lambda p: (p / "thumbs.bin").write_bytes(b"\0" * (p / "thumbs.bin").stat().st_size), "thumbs.bin does not match"),
+])
+def test_damaged_catalog_names_the_file(tmp_path, damage, msg):
+    make(tmp_path)
+    damage(tmp_path / "cat")
+    with pytest.raises(ValueError, match=msg):
+        open_catalog(tmp_path / "cat")
+
+
+def test_mismatched_manifest_and_bad_input(tmp_path):
+    make(tmp_path)
+    mpath = tmp_path / "cat" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["n_items"] = 301
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="codes.npy holds"):
+        open_catalog(tmp_path / "cat")
+    m["format"] = "something else"
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="does not describe a clipbranches catalog"):
+        open_catalog(tmp_path / "cat")
+    with pytest.raises(ValueError, match="not a folder"):
+        open_catalog(tmp_path / "nowhere")
+    codes = np.zeros((3, 32), np.uint8)
+    with pytest.raises(ValueError, match="items has 2 rows"):
+        write_catalog(tmp_path / "c2", codes, pa.table({"caption": ["a", "b"]}))
+    with pytest.raises(ValueError, match="0..N-1"):
+        write_catalog(tmp_path / "c2", codes, pa.table({"id": [0, 2, 1], "caption": ["a", "b", "c"]}))
+    cat = write_catalog(tmp_path / "c3", codes, pa.table({"caption": ["a", "b", "c"]}))
+    with pytest.raises(ValueError, match="unknown item id 3"):
+        cat.thumbnail(3)
+    with pytest.raises(ValueError, match="stores no thumbnails"):
+        cat.thumbnail(0)
