@@ -68,7 +68,9 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
         raise ValueError(f"got {len(thumbnails)} thumbnails for {n} items")
     quantizer = quantizer if quantizer is not None else GlobalQuantizer()
     final = Path(path)
-    with staging_dir(final.with_name(final.name + ".new")) as staged:
+    staged_final = final.with_name(final.name + ".new")
+    shutil.rmtree(staged_final, ignore_errors=True)  # left over by a crashed earlier write
+    with staging_dir(staged_final) as staged:
         folder = staged.path
         np.save(folder / "codes.npy", codes, allow_pickle=False)
         pq.write_table(table, folder / "items.parquet")
@@ -86,8 +88,9 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
                     "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
                               for name in files}}
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if not staged.published:
+        raise ValueError(f"another process is writing a catalog at {final}; try again when it has finished")
     # swap the complete new folder into place; the old catalog (if any) is removed only afterwards
-    staged_final = final.with_name(final.name + ".new")
     old = final.with_name(final.name + ".old")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -81,3 +81,12 @@ def test_mismatched_manifest_and_bad_input(tmp_path):
         cat.thumbnail(3)
     with pytest.raises(ValueError, match="stores no thumbnails"):
         cat.thumbnail(0)
+
+
+def test_stale_folder_from_a_crashed_write_is_not_used(tmp_path):
+    stale = tmp_path / "cat.new"
+    stale.mkdir()
+    (stale / "junk").write_text("from a crash")
+    cat, codes, _ = make(tmp_path)
+    np.testing.assert_array_equal(cat.codes, codes)
+    assert not (tmp_path / "cat" / "junk").exists() and not stale.exists()
