@@ -150,6 +150,21 @@ class Catalog:
             f.seek(start)
             return f.read(stop - start)
 
+    def nearest(self):
+        """The catalog's :class:`~clipbranches_widgets.search.NearestNeighbours` (created once)."""
+        if getattr(self, "_nn", None) is None:
+            from .search import NearestNeighbours
+
+            self._nn = NearestNeighbours(self.codes, self.quantizer)
+        return self._nn
+
+    def search_similar(self, item_id, k: int = 60, *, include_self: bool = False):
+        """"More like this": (ids, scores) of the k items nearest to item ``item_id``'s code."""
+        i = self._check_id(item_id)
+        query = self.quantizer.dequantize(self.codes[i:i + 1])
+        ids, scores = self.nearest().search(query, k=k, exclude=None if include_self else [i])
+        return ids[0], scores[0]
+
     def box_index(self, subsets=None):
         """The engine's BoxIndex for these codes, built once and kept under ``index/`` (keyed by the
         codes' hash, so a rebuilt catalog never reuses a stale index)."""

@@ -90,3 +90,19 @@ def test_stale_folder_from_a_crashed_write_is_not_used(tmp_path):
     cat, codes, _ = make(tmp_path)
     np.testing.assert_array_equal(cat.codes, codes)
     assert not (tmp_path / "cat" / "junk").exists() and not stale.exists()
+
+
+def test_more_like_this(tmp_path):
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(5, 32))
+    lab = np.repeat(np.arange(5), 100)
+    z = centres[lab] + 0.05 * rng.normal(size=(500, 32))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    cat = write_catalog(tmp_path / "c", np.clip(np.floor(127.5 * z + 128), 0, 255).astype(np.uint8),
+                        pa.table({"caption": [str(v) for v in lab]}))
+    ids, scores = cat.search_similar(7, k=50)
+    assert 7 not in ids and len(ids) == 50 and (np.diff(scores) <= 1e-7).all()
+    assert (lab[ids] == lab[7]).all()  # its own cluster first
+    assert cat.search_similar(7, k=1, include_self=True)[0].tolist() == [7]
+    with pytest.raises(ValueError, match="unknown item id"):
+        cat.search_similar(500)
