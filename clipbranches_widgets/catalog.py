@@ -18,9 +18,11 @@ the file that is missing, truncated, corrupt or inconsistent.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +45,17 @@ def _sha256(path: Path) -> str:
 
 
 def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = None, thumbnails=None,
-                  extra: dict | None = None) -> "Catalog":
+                  extra: dict | None = None, assets: dict | None = None) -> "Catalog":
     """Write a catalog folder at ``path`` atomically and return it opened.
 
     codes: uint8 (N, d). items: pyarrow Table (or anything ``pa.table`` accepts) with N rows and an
     ``id`` column equal to 0..N-1 (added if absent). thumbnails: optional sequence of N JPEG byte
-    strings. encoder: JSON-able description of the encoder + head that made the embeddings.
+    strings. encoder: JSON-able description of the encoder + reducer that made the embeddings;
+    with a ``"model"`` key the catalog answers text and image queries (see
+    :meth:`Catalog.query_encoder`). assets: ``{relative file name: bytes}`` written into the folder
+    and checked on open like every other file (e.g. the encoder's weights, the reducer).
+    extra: free JSON; ``extra["demo_world"]`` (ShapesWorld settings) lets the catalog render
+    thumbnails on the fly instead of storing them.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -83,6 +90,13 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
                     offsets[i + 1] = offsets[i] + len(jpeg)
             np.save(folder / "thumbs.idx.npy", offsets, allow_pickle=False)
             files += ["thumbs.bin", "thumbs.idx.npy"]
+        for name, data in (assets or {}).items():
+            target = folder / name
+            if Path(name).is_absolute() or ".." in Path(name).parts or name in files:
+                raise ValueError(f"asset name {name!r} must be a new relative path inside the catalog")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            files.append(name)
         manifest = {"format": FORMAT, "version": VERSION, "n_items": n, "dim": dim,
                     "quantizer": quantizer.to_dict(), "encoder": encoder, "extra": extra or {},
                     "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
@@ -114,6 +128,10 @@ class Catalog:
         self.items = items
         self.quantizer = quantizer_from_dict(manifest["quantizer"])
         self._thumb_offsets = thumb_offsets
+        self._lock = threading.Lock()  # guards the lazily created encoder, world and index
+        self._query_encoder = None
+        self._world = None
+        self._index = None
 
     @property
     def n_items(self) -> int:
@@ -138,17 +156,86 @@ class Catalog:
 
     @property
     def has_thumbnails(self) -> bool:
-        return self._thumb_offsets is not None
+        """True when every item has a thumbnail (stored, or rendered from the demo world)."""
+        return self._thumb_offsets is not None or self.demo_world is not None
+
+    @property
+    def demo_world(self):
+        """The :class:`~clipbranches_widgets.demo.ShapesWorld` this catalog was generated from, or None."""
+        spec = (self.manifest.get("extra") or {}).get("demo_world")
+        if spec is None:
+            return None
+        with self._lock:
+            if self._world is None:
+                from .demo import ShapesWorld
+
+                self._world = ShapesWorld(
+                    seed=spec["seed"], image_size=spec["image_size"],
+                    objects_per_image={int(k): v for k, v in spec["objects_per_image"].items()})
+            return self._world
 
     def thumbnail(self, item_id) -> bytes:
-        """The stored JPEG bytes of one item."""
+        """JPEG bytes of one item: stored in ``thumbs.bin``, or rendered from the demo world."""
         i = self._check_id(item_id)
-        if self._thumb_offsets is None:
+        if self._thumb_offsets is not None:
+            start, stop = int(self._thumb_offsets[i]), int(self._thumb_offsets[i + 1])
+            with open(self.path / "thumbs.bin", "rb") as f:
+                f.seek(start)
+                return f.read(stop - start)
+        world = self.demo_world
+        if world is None:
             raise ValueError(f"catalog {self.path} stores no thumbnails")
-        start, stop = int(self._thumb_offsets[i]), int(self._thumb_offsets[i + 1])
-        with open(self.path / "thumbs.bin", "rb") as f:
-            f.seek(start)
-            return f.read(stop - start)
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(world.image(i)).save(buf, format="JPEG", quality=90)
+        return buf.getvalue()
+
+    def image(self, item_id):
+        """One item's picture as a PIL image (the thumbnail, or the demo world's full image)."""
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.thumbnail(item_id))).convert("RGB")
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def query_encoder(self):
+        """The :class:`~clipbranches_widgets.query.QueryEncoder` for text and image queries.
+
+        Created once (it loads torch and the CLIP weights). Raises ValueError when the catalog
+        records no encoder that can be loaded here.
+        """
+        with self._lock:
+            if self._query_encoder is None:
+                from .query import QueryEncoder
+
+                self._query_encoder = QueryEncoder.for_catalog(self)
+            return self._query_encoder
+
+    def search_text(self, text, k: int = 60):
+        """Nearest items to a text query: ``(ids, scores)``, best first (cosine similarity).
+
+        Raises ValueError for an empty or non-string query, or a catalog without a text encoder.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"the text query must be a non-empty string; got {text!r}")
+        query = self.query_encoder().encode_texts([text.strip()])
+        ids, scores = self.nearest().search(query, k=_check_k(k))
+        return ids[0], scores[0]
+
+    def search_image(self, image, k: int = 60):
+        """Nearest items to an image: a catalog item id (its stored code; the item itself comes
+        first) or a PIL image (encoded like the catalog's images). ``(ids, scores)``, best first."""
+        k = _check_k(k)
+        if isinstance(image, (int, np.integer)) and not isinstance(image, (bool, np.bool_)):
+            i = self._check_id(image)
+            query = self.quantizer.dequantize(self.codes[i:i + 1])
+        elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+            query = self.query_encoder().encode_images([image])
+        else:
+            raise ValueError(f"search_image takes a catalog item id or a PIL image; got {type(image).__name__}")
+        ids, scores = self.nearest().search(query, k=k)
+        return ids[0], scores[0]
 
     def nearest(self):
         """The catalog's :class:`~clipbranches_widgets.search.NearestNeighbours` (created once)."""
@@ -172,8 +259,21 @@ class Catalog:
         from .engine.subsets import default_subsets
 
         subsets = default_subsets(self.dim) if subsets is None else subsets
-        return BoxIndex.build(self.codes, subsets, path=self.path / "index",
-                              codes_hash=self.manifest["files"]["codes.npy"]["sha256"])
+        with self._lock:
+            if self._index is None or not _same_subsets(self._index.subsets, subsets):
+                self._index = BoxIndex.build(self.codes, subsets, path=self.path / "index",
+                                             codes_hash=self.manifest["files"]["codes.npy"]["sha256"])
+            return self._index
+
+
+def _same_subsets(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _check_k(k) -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1; got {k!r}")
+    return int(k)
 
 
 def open_catalog(path, *, verify: str = "auto") -> Catalog:

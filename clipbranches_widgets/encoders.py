@@ -85,7 +85,8 @@ def demo_model_config(embed_dim: int = 64) -> dict:
     }
 
 
-def _demo_preprocess_cfg(size: int = 64) -> dict:
+def demo_preprocess_cfg(size: int = 64) -> dict:
+    """open_clip ``preprocess_cfg`` describing :class:`DemoPreprocess` (saved with checkpoints)."""
     return {"size": int(size), "mean": list(_DEMO_MEAN), "std": list(_DEMO_STD),
             "interpolation": "bilinear", "resize_mode": "squash"}
 
@@ -153,12 +154,15 @@ class Encoder:
 
     Attributes: ``model`` (an open_clip ``CLIP`` in eval mode), ``tokenizer``, ``preprocess``
     (PIL image -> tensor), ``embed_dim``, ``device``, ``dtype``, ``name`` (what was loaded),
-    ``model_cfg`` and ``preprocess_cfg`` (what :meth:`save_local_dir` writes).
+    ``model_cfg`` and ``preprocess_cfg`` (what :meth:`save_local_dir` writes), ``pretrained``
+    (the open_clip tag or file the weights came from, None for local-dir or random weights).
     """
 
     def __init__(self, model, tokenizer, preprocess, *, model_cfg: dict, preprocess_cfg: dict,
-                 name: str, device, dtype, demo_preprocess: bool = False):
+                 name: str, device, dtype, demo_preprocess: bool = False,
+                 pretrained: str | None = None):
         self.model = model.eval()
+        self.pretrained = pretrained
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.model_cfg = copy.deepcopy(model_cfg)
@@ -408,7 +412,7 @@ def load_encoder(model: str = "ViT-B-32", pretrained: str | None = None, *,
     if demo_pre:
         size = int(model_cfg["vision_cfg"].get("image_size", 64))
         preprocess = DemoPreprocess(size)
-        preprocess_cfg = _demo_preprocess_cfg(size)
+        preprocess_cfg = demo_preprocess_cfg(size)
         if model.replace("/", "-") == DEMO_MODEL_NAME and pretrained is None:
             with torch.no_grad():  # random init: the recipe's starting temperature
                 net.logit_scale.fill_(_DEMO_LOGIT_SCALE)
@@ -421,4 +425,5 @@ def load_encoder(model: str = "ViT-B-32", pretrained: str | None = None, *,
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec, torch.float32)
     return Encoder(net, tokenizer, preprocess, model_cfg=model_cfg, preprocess_cfg=preprocess_cfg,
-                   name=model, device=dev, dtype=dtype, demo_preprocess=demo_pre)
+                   name=model, device=dev, dtype=dtype, demo_preprocess=demo_pre,
+                   pretrained=pretrained)

@@ -24,7 +24,8 @@ FAISS_MIN_ROWS = 2_000_000
 
 
 class NearestNeighbours:
-    """Exact top-k search over uint8 ``codes`` for float queries.
+    """Exact top-k search over uint8 ``codes`` for float queries; scores are cosine similarities
+    between the query and each dequantized code.
 
     Parameters: codes (N, d) uint8; quantizer (default: the global map) used to dequantize;
     method "auto" | "numpy" | "faiss"; chunk_rows for the numpy path.
@@ -50,7 +51,10 @@ class NearestNeighbours:
             raise ValueError(f"queries must have {self.codes.shape[1]} dims; got shape {np.shape(queries)}")
         if not np.isfinite(q).all():
             raise ValueError("queries contain NaN or infinite values")
-        return np.ascontiguousarray(q)
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ValueError("queries must not be all-zero vectors")
+        return np.ascontiguousarray(q / norms)
 
     def search(self, queries, k: int = 60, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), each (n_queries, k'), k' = min(k, rows not excluded); best first.
@@ -76,13 +80,22 @@ class NearestNeighbours:
             scores = np.stack([row[m][:k_eff] for row, m in zip(scores, keep)])
         return ids, scores
 
+    def _unit_block(self, start: int) -> np.ndarray:
+        """Dequantized codes of rows ``start .. start+chunk_rows`` scaled to unit length.
+
+        Bucket centres are not unit vectors; without this a query would favour long codes over
+        its own item's code, and scores would not be cosines (<= 1).
+        """
+        block = self.quantizer.dequantize(self.codes[start:start + self.chunk_rows]).astype(np.float32)
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(block)
+
     def _search_numpy(self, q, k):
         n = self.codes.shape[0]
         best_ids = np.zeros((q.shape[0], 0), np.int64)
         best_scores = np.zeros((q.shape[0], 0), np.float32)
         for start in range(0, n, self.chunk_rows):
-            block = self.quantizer.dequantize(self.codes[start:start + self.chunk_rows]).astype(np.float32)
-            s = q @ block.T
+            s = q @ self._unit_block(start).T
             kk = min(k, s.shape[1])
             part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
             best_ids = np.concatenate([best_ids, part + start], axis=1)
@@ -99,8 +112,7 @@ class NearestNeighbours:
         if self._faiss_index is None:
             index = faiss.IndexFlatIP(self.codes.shape[1])
             for start in range(0, self.codes.shape[0], self.chunk_rows):
-                index.add(np.ascontiguousarray(self.quantizer.dequantize(self.codes[start:start + self.chunk_rows]),
-                                               dtype=np.float32))
+                index.add(self._unit_block(start))
             self._faiss_index = index
         scores, ids = self._faiss_index.search(q, k)
         return _order(ids.astype(np.int64), scores.astype(np.float32))

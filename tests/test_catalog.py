@@ -31,7 +31,8 @@ def test_round_trip(tmp_path):
 def test_rewrite_replaces_whole_catalog_and_index_is_keyed(tmp_path):
     cat, codes, _ = make(tmp_path)
     index = cat.box_index()
-    assert not index.loaded and cat.box_index().loaded  # second call reuses the saved index
+    assert not index.loaded and cat.box_index() is index  # built once, then cached
+    assert open_catalog(tmp_path / "cat").box_index().loaded  # a new opener reuses the saved index
     X, y = codes[:60], np.r_[np.ones(10, int), np.zeros(50, int)]
     m = DecisionBranches(random_state=0).fit(X, y)
     assert sorted(cat.box_index().search(m).ids.tolist()) == np.flatnonzero(m.predict(codes)).tolist()

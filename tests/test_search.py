@@ -16,7 +16,8 @@ def test_numpy_and_faiss_agree_with_brute_force(quantizer):
     qz = quantizer or PerDimQuantizer().fit(emb)
     codes = qz.quantize(emb)
     queries = unit(5, seed=1)
-    brute = queries @ qz.dequantize(codes).T
+    deq = qz.dequantize(codes)
+    brute = queries @ (deq / np.linalg.norm(deq, axis=1, keepdims=True)).T  # cosine similarity
     for method in ("numpy", "faiss"):
         nn = NearestNeighbours(codes, qz, method=method, chunk_rows=3000)
         ids, scores = nn.search(queries, k=60)

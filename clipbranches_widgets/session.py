@@ -1,0 +1,495 @@
+"""One user's search session: queries, persistent marks, refine rounds, save/load and export.
+
+The session is the notebook-facing state machine behind the widgets (reference section 5): a text
+or picture query shows its nearest items; the user marks items positive or negative (marks persist
+across queries and rounds, and can be undone); ``refine`` trains a decision-branch model (or a
+scikit-learn baseline) on the marks plus random negatives and answers it over the WHOLE catalog.
+
+Random negatives follow the engine's fixed sampling (reference section 7.3): drawn afresh from the
+whole catalog per request with a local, seeded generator, never from labelled items nor (by
+default) from the current query's top neighbourhood, where unlabelled positives are dense.
+
+    from clipbranches_widgets import open_catalog
+    from clipbranches_widgets.session import SearchSession
+
+    session = SearchSession(open_catalog("catalogs/demo"), random_state=0)
+    hits = session.text_search("a red star")
+    session.label(hits.ids[:10], "pos")
+    result = session.refine("branches")
+    print(result.count, result.sql)
+
+Importing this module does not import torch or ipywidgets; the catalog loads its encoder on the
+first text or picture query.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_write_text
+from .engine import BranchEnsemble, DecisionBranches, make_training_set
+from .engine._validation import check_random_state
+from .engine.baselines import make_baseline, scan_sklearn
+
+__all__ = ["SearchSession", "QueryResult", "RefineResult", "MODELS", "LABELS"]
+
+#: model names accepted by :meth:`SearchSession.refine` (the original's db, ens, dtree, rf)
+MODELS = ("branches", "ensemble", "tree", "forest")
+#: label names accepted by :meth:`SearchSession.label`
+LABELS = ("pos", "neg", "none")
+
+SESSION_FORMAT = "clipbranches.session"
+SESSION_VERSION = 1
+# bit generators a saved random state may name (restored by name, so it must be one of numpy's)
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+@dataclass
+class QueryResult:
+    """The items a query shows: ``ids`` (int64, best first) and ``scores`` (cosine similarity).
+
+    query: ``{"type": "text", "text": ...}`` or ``{"type": "image", "item_id": id or None}`` (None
+    for a picture that is not a catalog item). timings: seconds for ``encode`` and ``nn``.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    query: dict
+    timings: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass
+class RefineResult:
+    """What one refine round found: every catalog item the model calls positive, and how.
+
+    ids / scores: all positive catalog ids, best first (scores: box depth for ``branches``, vote
+    fraction for ``ensemble``, class probability for ``tree`` / ``forest``); count: ``len(ids)``.
+    model_name / model: the name and the fitted model. rules / sql: the boxes as readable rules
+    and as one SQL statement (``branches`` only; None for the other models, whose decision is not
+    a plain union of boxes). n_boxes: boxes learnt (None for tree/forest). stats: the engine's
+    search statistics (method, rows checked, ...). timings: seconds for ``encode`` (query
+    embedding, 0 when already known), ``nn`` (query neighbourhood), ``sampling``, ``train``,
+    ``apply`` and ``total``. n_positives / n_negatives: user marks used. negative_ids: the random
+    negatives actually drawn (sorted); n_random_negatives: how many; negatives_source: where they
+    came from, in words; n_excluded_neighbours: how many top neighbours of the query were barred.
+    random_state: the integer seed that reproduces this round.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    model_name: str
+    model: object
+    rules: list | None
+    sql: str | None
+    n_boxes: int | None
+    stats: dict
+    timings: dict
+    n_positives: int
+    n_negatives: int
+    negative_ids: np.ndarray
+    negatives_source: str
+    n_excluded_neighbours: int
+    random_state: int
+
+    @property
+    def count(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def n_random_negatives(self) -> int:
+        return int(self.negative_ids.shape[0])
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+class SearchSession:
+    """One user's search state over a :class:`~clipbranches_widgets.catalog.Catalog`.
+
+    Parameters
+    ----------
+    catalog : Catalog
+        The opened catalog. Several sessions may share one catalog, also from several threads.
+    random_state : None, int or numpy Generator
+        Seeds every refine round that is not given its own ``random_state`` (one seed is drawn per
+        round from a local generator; the global numpy RNG is never used).
+
+    A session's own methods are serialised by a lock, so a UI may call them from callbacks; give
+    every user a session of their own.
+    """
+
+    def __init__(self, catalog, random_state=None):
+        self.catalog = catalog
+        self._rng = check_random_state(random_state)
+        self._lock = threading.RLock()
+        self._labels: dict[int, str] = {}
+        self._undo: list[dict[int, str | None]] = []  # per action: id -> label before it (None: unlabelled)
+        self._history: list[dict] = []
+        self._query: dict | None = None  # {"type": ..., ...} of the current query
+        self._query_vector: np.ndarray | None = None  # its embedding, (1, d) float32
+        self._last_search: QueryResult | None = None
+        self._last_refine: RefineResult | None = None
+
+    def __repr__(self) -> str:
+        return (f"SearchSession({self.catalog!r}, {len(self.positives)} positive, {len(self.negatives)} negative, "
+                f"{len(self._history)} rounds)")
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def text_search(self, text, k: int = 60) -> QueryResult:
+        """Show the ``k`` items nearest to a text query; it becomes the current query."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"the text query must be a non-empty string; got {text!r}")
+        k = self._check_k(k)
+        t0 = time.perf_counter()
+        vector = self.catalog.query_encoder().encode_texts([text.strip()])
+        return self._show({"type": "text", "text": text.strip()}, vector, k, time.perf_counter() - t0)
+
+    def image_search(self, image_or_item_id, k: int = 60) -> QueryResult:
+        """Show the ``k`` items nearest to a catalog item (by id: its stored code) or a PIL image."""
+        k = self._check_k(k)
+        t0 = time.perf_counter()
+        if _is_int(image_or_item_id):
+            item = self._check_id(image_or_item_id)
+            # the item's stored code, as the catalog's own "search by image" uses
+            vector = self.catalog.quantizer.dequantize(self.catalog.codes[item:item + 1])
+            query = {"type": "image", "item_id": item}
+        elif hasattr(image_or_item_id, "convert") and hasattr(image_or_item_id, "size"):  # a PIL image
+            vector = self.catalog.query_encoder().encode_images([image_or_item_id])
+            query = {"type": "image", "item_id": None}
+        else:
+            raise ValueError(f"image_search takes a catalog item id or a PIL image; got {type(image_or_item_id).__name__}")
+        return self._show(query, vector, k, time.perf_counter() - t0)
+
+    def _show(self, query: dict, vector, k: int, encode_s: float) -> QueryResult:
+        vector = np.asarray(vector, np.float32).reshape(1, -1)
+        t0 = time.perf_counter()
+        ids, scores = self.catalog.nearest().search(vector, k=k)
+        result = QueryResult(ids[0].astype(np.int64), scores[0].astype(np.float64), dict(query),
+                             {"encode": encode_s, "nn": time.perf_counter() - t0})
+        with self._lock:
+            self._query, self._query_vector = dict(query), vector
+            self._last_search, self._last_refine = result, None
+        return result
+
+    @property
+    def query(self) -> dict | None:
+        """The current query (``{"type": "text", "text": ...}`` or ``{"type": "image", ...}``), or None."""
+        with self._lock:
+            return None if self._query is None else dict(self._query)
+
+    # -- labels --------------------------------------------------------------------------------
+
+    def label(self, ids, label: str) -> None:
+        """Mark one id or a list of ids ``"pos"``, ``"neg"`` or ``"none"`` (unlabelled).
+
+        Marks persist across queries and refine rounds. One call is one action for :meth:`undo`
+        (a call that changes nothing is not recorded).
+        """
+        if label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}; got {label!r}")
+        id_list = [self._check_id(i) for i in ([ids] if _is_int(ids) else self._as_id_list(ids))]
+        with self._lock:
+            before = {}
+            for i in id_list:
+                old = self._labels.get(i)
+                new = None if label == "none" else label
+                if old != new and i not in before:
+                    before[i] = old
+            if not before:
+                return
+            for i in before:
+                if label == "none":
+                    del self._labels[i]
+                else:
+                    self._labels[i] = label
+            self._undo.append(before)
+
+    def undo(self) -> None:
+        """Revert the last :meth:`label` action; ValueError when there is nothing to undo."""
+        with self._lock:
+            if not self._undo:
+                raise ValueError("nothing to undo: no labelling action since the session started or was loaded")
+            for i, old in self._undo.pop().items():
+                if old is None:
+                    self._labels.pop(i, None)
+                else:
+                    self._labels[i] = old
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """A copy of the marks: ``{item id: "pos" or "neg"}`` (unlabelled ids are absent)."""
+        with self._lock:
+            return dict(self._labels)
+
+    @property
+    def positives(self) -> list[int]:
+        """Ids marked positive, ascending."""
+        with self._lock:
+            return sorted(i for i, v in self._labels.items() if v == "pos")
+
+    @property
+    def negatives(self) -> list[int]:
+        """Ids marked negative, ascending."""
+        with self._lock:
+            return sorted(i for i, v in self._labels.items() if v == "neg")
+
+    # -- refine --------------------------------------------------------------------------------
+
+    def refine(self, model: str = "branches", *, n_random_negatives: int = 500, negative_weight: float = 1,
+               random_state=None, exclude_top: int = 2000) -> RefineResult:
+        """Train ``model`` on the marks and return every catalog item it calls positive.
+
+        Parameters
+        ----------
+        model : "branches" (DecisionBranches), "ensemble" (BranchEnsemble), "tree" or "forest"
+            (scikit-learn baselines); all with the engine's default parameters.
+        n_random_negatives : int in 0..N, default 500
+            Unlabelled catalog rows drawn at random and used as negatives (fewer when fewer rows
+            are eligible). 0 is allowed when some items are marked negative.
+        negative_weight : float > 0, default 1
+            Sample weight of each user-marked negative relative to a random one.
+        random_state : None, int or Generator
+            Seeds this round (sampling and model); None draws a seed from the session's generator.
+        exclude_top : int >= 0, default 2000
+            Random negatives are never drawn from the current query's top ``exclude_top``
+            neighbours (clipped to the catalog size; nothing is barred without a current query).
+        """
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
+        n = self.catalog.n_items
+        if not _is_int(n_random_negatives) or not 0 <= n_random_negatives <= n:
+            raise ValueError(f"n_random_negatives must be an integer in 0..{n} (the catalog size); "
+                             f"got {n_random_negatives!r}")
+        if isinstance(negative_weight, (bool, np.bool_)) or not isinstance(negative_weight, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(negative_weight) or negative_weight <= 0:
+            raise ValueError(f"negative_weight must be a finite number > 0; got {negative_weight!r}")
+        if not _is_int(exclude_top) or exclude_top < 0:
+            raise ValueError(f"exclude_top must be an integer >= 0; got {exclude_top!r}")
+        with self._lock:
+            pos, neg = self.positives, self.negatives
+            if not pos:
+                raise ValueError("mark at least one positive item before refining")
+            if n_random_negatives == 0 and not neg:
+                raise ValueError("no negatives: mark some items negative or set n_random_negatives > 0")
+            seed = self._round_seed(random_state)
+            rng = np.random.default_rng(seed)
+            timings = {}
+            t_start = time.perf_counter()
+            neighbours, n_top = self._neighbourhood(min(int(exclude_top), n), timings)
+
+            t0 = time.perf_counter()
+            train = make_training_set(self.catalog.codes, pos, neg, n_random_negatives=int(n_random_negatives),
+                                      negative_weight=float(negative_weight), exclude_ids=neighbours,
+                                      random_state=rng)
+            timings["sampling"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            model_seed = int(rng.integers(2**31 - 1))  # sklearn takes seeds below 2**32
+            fitted = self._fit(model, train, model_seed)
+            timings["train"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            if model in ("branches", "ensemble"):
+                found = self.catalog.box_index().search(fitted)
+            else:
+                found = scan_sklearn(fitted, self.catalog.codes)
+            timings["apply"] = time.perf_counter() - t0
+            timings["total"] = time.perf_counter() - t_start
+
+            where = "random catalog rows outside the labelled ids"
+            if n_top:
+                where = (f"random catalog rows outside the query's top-{n_top} neighbours "
+                         f"and outside the labelled ids")
+            random_ids = np.sort(train.ids[train.source == "random"])
+            result = RefineResult(
+                ids=found.ids, scores=found.scores, model_name=model, model=fitted,
+                rules=fitted.to_rules() if model == "branches" else None,
+                sql=fitted.to_sql() if model == "branches" else None,
+                n_boxes=len(fitted.boxes) if model in ("branches", "ensemble") else None,
+                stats=dict(found.stats), timings=timings, n_positives=len(pos), n_negatives=len(neg),
+                negative_ids=random_ids, negatives_source=where, n_excluded_neighbours=n_top, random_state=seed)
+            self._last_refine = result
+            self._history.append({
+                "round": len(self._history) + 1, "query": None if self._query is None else dict(self._query),
+                "model": model, "n_pos": len(pos), "n_neg": len(neg), "n_random_negatives": result.n_random_negatives,
+                "negative_weight": float(negative_weight), "exclude_top": n_top, "random_state": seed,
+                "count": result.count, "n_boxes": result.n_boxes, "timings": dict(timings)})
+            return result
+
+    def _round_seed(self, random_state) -> int:
+        """An integer seed for one round: from ``random_state`` if given, else from the session's RNG."""
+        if random_state is None:
+            return int(self._rng.integers(2**63 - 1))
+        if _is_int(random_state):
+            return int(random_state)
+        return int(check_random_state(random_state).integers(2**63 - 1))
+
+    def _neighbourhood(self, k: int, timings: dict) -> tuple[np.ndarray, int]:
+        """The current query's top ``k`` ids (empty without a query) and how many there are."""
+        timings["encode"] = 0.0  # the query's embedding was kept when it ran (and is saved with the session)
+        t0 = time.perf_counter()
+        if self._query_vector is None or k == 0:
+            ids = np.zeros(0, np.int64)
+        else:
+            ids = self.catalog.nearest().search(self._query_vector, k=k)[0][0].astype(np.int64)
+        timings["nn"] = time.perf_counter() - t0
+        return ids, int(ids.shape[0])
+
+    @staticmethod
+    def _fit(model: str, train, seed: int):
+        if model == "branches":
+            return DecisionBranches(random_state=seed).fit(train.X, train.y, sample_weight=train.sample_weight)
+        if model == "ensemble":
+            return BranchEnsemble(random_state=seed).fit(train.X, train.y, sample_weight=train.sample_weight)
+        # sklearn trees work in float32; scan_sklearn converts the catalog the same way
+        return make_baseline(model, random_state=seed).fit(train.X.astype(np.float32), train.y,
+                                                             sample_weight=train.sample_weight)
+
+    @property
+    def history(self) -> list[dict]:
+        """One summary per refine round: query, model, n_pos, n_neg, n_random_negatives, count,
+        random_state, timings, ..."""
+        with self._lock:
+            return [dict(h) for h in self._history]
+
+    @property
+    def last_result(self):
+        """The last refine result, or the last query's result if no refine followed it (or None)."""
+        with self._lock:
+            return self._last_refine if self._last_refine is not None else self._last_search
+
+    # -- save / load / export ------------------------------------------------------------------
+
+    def _codes_hash(self) -> str:
+        return self.catalog.manifest["files"]["codes.npy"]["sha256"]
+
+    def save(self, path) -> None:
+        """Write the session (catalog path + codes hash, labels, history, current query, RNG
+        state) to ``path`` as JSON, atomically. The undo stack and results are not saved."""
+        with self._lock:
+            state = {
+                "format": SESSION_FORMAT, "version": SESSION_VERSION,
+                "catalog": {"path": str(self.catalog.path), "codes_sha256": self._codes_hash()},
+                "labels": {str(i): v for i, v in sorted(self._labels.items())},
+                "history": self._history,
+                "query": self._query,
+                "query_vector": None if self._query_vector is None else self._query_vector[0].tolist(),
+                "rng_state": self._rng.bit_generator.state,
+            }
+            text = json.dumps(state, indent=1)
+        atomic_write_text(path, text)
+
+    @classmethod
+    def load(cls, path, catalog) -> "SearchSession":
+        """Read a session saved by :meth:`save` into ``catalog``.
+
+        Raises ValueError when the file is not a session, or was saved for a catalog whose codes
+        differ from ``catalog``'s (labels and rounds would name other items).
+        """
+        path = Path(path)
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"no session file at {path}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"session file {path} is not valid JSON: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != SESSION_FORMAT:
+            raise ValueError(f"{path} is not a clipbranches session file")
+        if state.get("version") != SESSION_VERSION:
+            raise ValueError(f"{path} has session format version {state.get('version')}; this code reads {SESSION_VERSION}")
+        session = cls(catalog)
+        try:
+            saved = state["catalog"]
+            if saved["codes_sha256"] != session._codes_hash():
+                raise ValueError(f"session {path} was saved for catalog {saved['path']} (codes sha256 "
+                                 f"{saved['codes_sha256'][:12]}...), not for catalog {catalog.path} (codes sha256 "
+                                 f"{session._codes_hash()[:12]}...)")
+            for key, value in state["labels"].items():
+                if value not in ("pos", "neg"):
+                    raise ValueError(f"session file {path} has an invalid label {value!r} for item {key}")
+                session._labels[session._check_id(int(key))] = value
+            session._history = list(state["history"])
+            session._query = state["query"]
+            if state["query_vector"] is not None:
+                session._query_vector = np.asarray(state["query_vector"], np.float32).reshape(1, -1)
+                if session._query_vector.shape[1] != catalog.dim:
+                    raise ValueError(f"session file {path} has a {session._query_vector.shape[1]}-d query "
+                                     f"embedding; the catalog has {catalog.dim} dims")
+            rng_state = state["rng_state"]
+            if rng_state["bit_generator"] not in _BIT_GENERATORS:
+                raise ValueError(f"session file {path} names an unknown random generator {rng_state['bit_generator']!r}")
+            bit_generator = getattr(np.random, rng_state["bit_generator"])()
+            bit_generator.state = rng_state
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"session file {path} is incomplete or corrupt: {exc!r}") from None
+        session._rng = np.random.Generator(bit_generator)
+        return session
+
+    def export(self, path, format: str = "csv") -> None:
+        """Write the last refine result (or the last query's items, if no refine followed it) to
+        ``path`` atomically: one row per item, best first, with id, source, caption and score.
+
+        format: "csv" (with a header) or "json" (a list of objects). ``source`` is the catalog's
+        ``source`` column where it has one, else "".
+        """
+        if format not in ("csv", "json"):
+            raise ValueError(f"format must be 'csv' or 'json'; got {format!r}")
+        result = self.last_result
+        if result is None:
+            raise ValueError("nothing to export: run a search or refine first")
+        items = self.catalog.items
+        ids = np.asarray(result.ids, np.int64)
+        captions = items.column("caption").take(ids).to_pylist() if "caption" in items.column_names else [""] * len(ids)
+        sources = items.column("source").take(ids).to_pylist() if "source" in items.column_names else [""] * len(ids)
+        rows = [{"id": int(i), "source": "" if src is None else str(src), "caption": "" if cap is None else str(cap),
+                 "score": float(s)} for i, src, cap, s in zip(ids, sources, captions, result.scores)]
+        if format == "json":
+            text = json.dumps(rows, indent=1)
+        else:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=["id", "source", "caption", "score"], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            text = buf.getvalue()
+        atomic_write_text(path, text)
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def _check_id(self, item_id) -> int:
+        if not _is_int(item_id):
+            raise ValueError(f"item ids are integers; got {item_id!r}")
+        if not 0 <= int(item_id) < self.catalog.n_items:
+            raise ValueError(f"unknown item id {item_id}: this catalog has ids 0..{self.catalog.n_items - 1}")
+        return int(item_id)
+
+    @staticmethod
+    def _as_id_list(ids) -> list:
+        try:
+            if isinstance(ids, (str, bytes)):
+                raise TypeError
+            return list(ids)
+        except TypeError:  # not iterable (a float, None, a 0-d array) or a string
+            raise ValueError(f"ids must be an item id or a list of item ids; got {ids!r}") from None
+
+    @staticmethod
+    def _check_k(k) -> int:
+        if not _is_int(k) or k < 1:
+            raise ValueError(f"k must be an integer >= 1; got {k!r}")
+        return int(k)

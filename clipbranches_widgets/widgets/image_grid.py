@@ -1,0 +1,274 @@
+"""``ImageGrid``: one anywidget for a whole grid of labellable thumbnails.
+
+A grid of hundreds of ipywidgets (one per tile) is slow to build and sync in Voilà; this widget
+sends the whole grid as one model and renders it with a small dependency-free front end
+(``image_grid.js``). Users mark tiles positive or negative; the marks live in the ``labels``
+traitlet, shared with Python, and ``on_label_change`` callbacks hear about every change,
+whether made in the browser or from Python.
+
+The CSS class names and data attributes of the front end are stable, because tests and
+browser automation depend on them: the container is ``cb-grid``; each tile is ``cb-tile`` with
+``data-id`` (the catalog id) and ``data-label`` (``none``, ``pos`` or ``neg``); the buttons are
+``cb-all-pos``, ``cb-all-neg``, ``cb-all-none`` and ``cb-more``.
+"""
+from __future__ import annotations
+
+import base64
+import math
+import numbers
+import pathlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import anywidget
+import traitlets
+
+_HERE = pathlib.Path(__file__).parent
+
+#: The labels a tile can carry. "none" is never stored: an unlabelled id is absent from ``labels``.
+LABELS = ("pos", "neg", "none")
+
+
+def _check_id(value: object) -> int:
+    # bool is an Integral too, but True as a catalog id is almost certainly a bug.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"tile ids must be integers, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"tile ids must be non-negative, got {value}")
+    return int(value)
+
+
+def _check_ids(ids: object) -> list[int]:
+    """A single id or an iterable of ids, as a list of ints."""
+    if isinstance(ids, (str, bytes)):
+        raise ValueError(f"ids must be an integer or an iterable of integers, got {ids!r}")
+    if isinstance(ids, numbers.Integral) and not isinstance(ids, bool):
+        return [int(ids)]
+    if not isinstance(ids, Iterable):
+        raise ValueError(f"ids must be an integer or an iterable of integers, got {ids!r}")
+    return [_check_id(i) for i in ids]
+
+
+def _check_label(label: object) -> str:
+    if label not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+    return label
+
+
+def _score(value: object) -> float | None:
+    # Non-finite floats would be written as NaN/Infinity, which the browser's JSON parser rejects.
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"scores must be real numbers or None, got {value!r}")
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _data_uri(data: object) -> str:
+    """A ``data:`` URI for the JPEG (or PNG) bytes a thumbnail callable returned."""
+    if data is None:
+        return ""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"thumbnail must return bytes (a JPEG) or None, got {type(data).__name__}")
+    data = bytes(data)
+    mime = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class ImageGrid(anywidget.AnyWidget):
+    """A grid of thumbnails the user labels positive or negative, paged with "Load more".
+
+    Traitlets (all synced with the front end):
+
+    - ``tiles``: list of ``{"id": int, "src": str, "caption": str, "score": float | None}``;
+      ``src`` is a ``data:image/jpeg;base64,...`` URI, or ``""`` for a tile without a thumbnail.
+      Fill it with :meth:`show` rather than by hand.
+    - ``labels``: ``{str(id): "pos" | "neg"}``; unlabelled ids are absent. Keys are strings
+      because the state travels as JSON. It may hold ids that are not in ``tiles`` (labels from
+      earlier pages or rounds); the grid shows the labels of the ids it shows.
+    - ``labelled_before``: ids labelled in earlier rounds; their tiles get a badge.
+    - ``page_size``: tiles added by "Load more" (at least 1).
+    - ``shown``: how many of ``tiles`` are shown, from the start of the list.
+    - ``columns``, ``tile_size`` (pixels), ``disabled`` (ignore clicks and keys).
+
+    Thumbnails are sent as base64 inside the widget state, so only the first ``max_thumbnails``
+    tiles passed to :meth:`show` get one; later tiles show their caption in an empty frame.
+    """
+
+    _esm = _HERE / "image_grid.js"
+    _css = _HERE / "image_grid.css"
+
+    tiles = traitlets.List(traitlets.Dict()).tag(sync=True)
+    labels = traitlets.Dict().tag(sync=True)
+    labelled_before = traitlets.List(traitlets.Int()).tag(sync=True)
+    page_size = traitlets.Int(15).tag(sync=True)
+    shown = traitlets.Int(0).tag(sync=True)
+    columns = traitlets.Int(5).tag(sync=True)
+    tile_size = traitlets.Int(128).tag(sync=True)
+    disabled = traitlets.Bool(False).tag(sync=True)
+
+    def __init__(self, page_size: int = 15, *, columns: int = 5, tile_size: int = 128,
+                 max_thumbnails: int = 500, disabled: bool = False, **kwargs) -> None:
+        """Create an empty grid; fill it with :meth:`show`.
+
+        ``max_thumbnails`` caps how many tiles per :meth:`show` get an encoded thumbnail.
+        """
+        if not isinstance(max_thumbnails, numbers.Integral) or max_thumbnails < 0:
+            raise ValueError(f"max_thumbnails must be a non-negative integer, got {max_thumbnails!r}")
+        self.max_thumbnails = int(max_thumbnails)
+        self._label_callbacks: list[Callable[[list[int], str], object]] = []
+        super().__init__(page_size=page_size, columns=columns, tile_size=tile_size,
+                         disabled=disabled, **kwargs)
+
+    # -- validation: runs for Python assignments and for edits from the front end alike --
+
+    @traitlets.validate("page_size")
+    def _valid_page_size(self, proposal):
+        if proposal.value < 1:
+            raise ValueError(f"page_size must be at least 1, got {proposal.value}")
+        return proposal.value
+
+    @traitlets.validate("columns")
+    def _valid_columns(self, proposal):
+        if proposal.value < 1:
+            raise ValueError(f"columns must be at least 1, got {proposal.value}")
+        return proposal.value
+
+    @traitlets.validate("tile_size")
+    def _valid_tile_size(self, proposal):
+        if proposal.value < 16:
+            raise ValueError(f"tile_size must be at least 16 pixels, got {proposal.value}")
+        return proposal.value
+
+    @traitlets.validate("shown")
+    def _valid_shown(self, proposal):
+        if proposal.value < 0:
+            raise ValueError(f"shown must be non-negative, got {proposal.value}")
+        return min(proposal.value, len(self.tiles))
+
+    @traitlets.validate("labels")
+    def _valid_labels(self, proposal):
+        for key, label in proposal.value.items():
+            if not (isinstance(key, str) and key.isdigit()):
+                raise ValueError(f"labels keys must be str(id) of non-negative ids, got {key!r}")
+            if label not in ("pos", "neg"):
+                raise ValueError(f"labels values must be 'pos' or 'neg', got {label!r} for id {key}")
+        return proposal.value
+
+    @traitlets.observe("tiles")
+    def _clamp_shown(self, change):
+        # Fewer tiles than before: keep ``shown`` within range.
+        if self.shown > len(change.new):
+            self.shown = len(change.new)
+
+    @traitlets.observe("labels")
+    def _notify_labels(self, change):
+        old, new = change.old or {}, change.new or {}
+        by_label: dict[str, list[int]] = {}
+        for key in sorted(old.keys() | new.keys(), key=int):
+            before, after = old.get(key, "none"), new.get(key, "none")
+            if before != after:
+                by_label.setdefault(after, []).append(int(key))
+        for label in LABELS:
+            if label in by_label:
+                for callback in list(self._label_callbacks):
+                    callback(by_label[label], label)
+
+    # -- Python API --
+
+    def show(self, ids: Sequence[int], scores: Sequence[float | None] | None = None, *,
+             thumbnail: Callable[[int], bytes | None] | None = None,
+             captions: Sequence[str] | None = None,
+             labels: Mapping[int, str] | None = None,
+             labelled_before: Iterable[int] | None = None,
+             shown: int | None = None) -> None:
+        """Replace the tiles with ``ids`` (in display order) and show the first page.
+
+        ``scores`` and ``captions`` run parallel to ``ids``; non-finite scores show as none.
+        ``thumbnail(id)`` returns JPEG bytes (or None); it is called only for the first
+        ``max_thumbnails`` ids. ``labels`` (``{id: "pos" | "neg" | "none"}``), when given,
+        replaces all labels, and callbacks hear about the differences; when None the labels
+        are kept. ``labelled_before``, when given, replaces the ids that get a badge.
+        ``shown`` defaults to ``page_size`` and is capped at ``len(ids)``.
+        """
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise ValueError(f"ids must be a sequence of integers, got {ids!r}")
+        ids = [_check_id(i) for i in ids]
+        if len(set(ids)) != len(ids):
+            raise ValueError("ids must be unique: each tile is addressed by its id")
+        scores = [None] * len(ids) if scores is None else [_score(s) for s in scores]
+        if len(scores) != len(ids):
+            raise ValueError(f"scores has {len(scores)} entries for {len(ids)} ids")
+        captions = [""] * len(ids) if captions is None else [str(c) for c in captions]
+        if len(captions) != len(ids):
+            raise ValueError(f"captions has {len(captions)} entries for {len(ids)} ids")
+        if thumbnail is not None and not callable(thumbnail):
+            raise ValueError("thumbnail must be a callable id -> JPEG bytes")
+        if shown is not None and (not isinstance(shown, numbers.Integral) or shown < 0):
+            raise ValueError(f"shown must be a non-negative integer, got {shown!r}")
+        new_labels = None if labels is None else self._labels_from_mapping(labels)
+        before = None if labelled_before is None else _check_ids(labelled_before)
+
+        tiles = [
+            {"id": i, "caption": c, "score": s,
+             "src": _data_uri(thumbnail(i)) if thumbnail is not None and n < self.max_thumbnails
+             else ""}
+            for n, (i, s, c) in enumerate(zip(ids, scores, captions))
+        ]
+        # One sync message for the lot, so the front end never renders a half-updated grid.
+        with self.hold_sync():
+            self.tiles = tiles
+            self.shown = self.page_size if shown is None else int(shown)
+            if before is not None:
+                self.labelled_before = before
+            if new_labels is not None:
+                self.labels = new_labels
+
+    def set_label(self, ids: int | Iterable[int], label: str) -> None:
+        """Set ``label`` ("pos", "neg" or "none") on one id or several; ids need not be shown."""
+        ids, label = _check_ids(ids), _check_label(label)
+        labels = dict(self.labels)
+        for i in ids:
+            if label == "none":
+                labels.pop(str(i), None)
+            else:
+                labels[str(i)] = label
+        self.labels = labels  # a new dict, so traitlets sees (and syncs) the change
+
+    def label_all(self, label: str) -> None:
+        """Set ``label`` ("pos", "neg" or "none") on every tile currently shown."""
+        self.set_label(self.shown_ids, _check_label(label))
+
+    def load_more(self) -> None:
+        """Show ``page_size`` more tiles (up to all of them), as the "Load more" button does."""
+        self.shown = min(self.shown + self.page_size, len(self.tiles))
+
+    def on_label_change(self, callback: Callable[[list[int], str], object],
+                        remove: bool = False) -> None:
+        """Call ``callback(ids, label)`` whenever labels change, from the browser or Python.
+
+        ``ids`` is the sorted list of ids whose label became ``label`` ("pos", "neg" or
+        "none"); one change that moves ids to different labels makes one call per label.
+        ``remove=True`` unregisters the callback.
+        """
+        if not callable(callback):
+            raise ValueError("callback must be callable")
+        if remove:
+            self._label_callbacks.remove(callback)
+        else:
+            self._label_callbacks.append(callback)
+
+    @property
+    def shown_ids(self) -> list[int]:
+        """Ids of the tiles currently shown, in display order."""
+        return [t["id"] for t in self.tiles[: self.shown]]
+
+    def label_of(self, id: int) -> str:
+        """The label of one id: "pos", "neg" or "none"."""
+        return self.labels.get(str(_check_id(id)), "none")
+
+    @staticmethod
+    def _labels_from_mapping(labels: Mapping[int, str]) -> dict[str, str]:
+        if not isinstance(labels, Mapping):
+            raise ValueError(f"labels must be a mapping id -> label, got {type(labels).__name__}")
+        return {str(_check_id(i)): lab for i, lab in labels.items() if _check_label(lab) != "none"}
