@@ -1,0 +1,604 @@
+"""``SearchApp``: the whole search UI in one ipywidgets box (JupyterLab and Voilà).
+
+Layout (after the original web app, reference section 5):
+
+- a top bar: title, catalog selector (only when several catalogs are given), "warming up…" note;
+- a query row: text box (Enter submits) and Search, "Search by image" upload (any picture),
+  and "More like this", which searches by the item most recently marked positive in the grid
+  (mark a tile ✓, click "More like this");
+- an options row: model selector, random negatives slider, negative weight slider, Fine-tune,
+  Undo (reverts the last marking action);
+- an error line, a statistics panel, the :class:`ImageGrid` (with its own All ✓ / All ✗ /
+  All none / Load more buttons);
+- an accordion with the model's boxes as rules and as SQL (Decision branches only);
+- export buttons (results CSV / JSON, session JSON) that render a download link with a
+  ``data:`` URI, so they work in Voilà without a file system the user can reach.
+
+Stable CSS classes (for styling and browser tests): ``cb-app``, ``cb-query``, ``cb-search``,
+``cb-upload``, ``cb-more-like``, ``cb-model``, ``cb-negatives``, ``cb-weight``, ``cb-refine``,
+``cb-undo``, ``cb-catalog``, ``cb-export-csv``, ``cb-export-json``, ``cb-save-session``; the
+error line holds ``<div class="cb-error">message</div>`` when there is an error, the statistics
+``<div class="cb-stats" data-count="N">`` (N: results of the last search, or all positives of
+the last refine round), the download area ``<a class="cb-download" ...>``, the warm-up note
+``<span class="cb-warmup" data-done="0|1">``. The grid's own classes are documented in
+:mod:`clipbranches_widgets.widgets.image_grid`.
+
+The default catalog is ``$CB_CATALOG`` when that environment variable is set, else
+:data:`clipbranches_widgets.build.DEFAULT_CATALOG` (``data/demo`` in a checkout).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import ipywidgets as widgets
+import numpy as np
+
+from .image_grid import ImageGrid
+
+__all__ = ["SearchApp", "default_app", "default_catalog_path", "MODEL_OPTIONS"]
+
+log = logging.getLogger(__name__)
+
+#: model selector labels -> SearchSession model names (the original's db, ens, dtree, rf)
+MODEL_OPTIONS = (("Decision branches", "branches"), ("Branch ensemble", "ensemble"),
+                 ("Decision tree", "tree"), ("Random forest", "forest"))
+
+BUILD_HINT = "python -m clipbranches_widgets build-catalog data/demo"
+
+_STYLE = """<style>
+.cb-app { font-family: var(--jp-ui-font-family, sans-serif); max-width: 1100px; }
+.cb-app .cb-title { font-size: 20px; font-weight: 600; margin: 4px 8px 4px 0; }
+.cb-app .cb-warmup { color: #777; font-size: 12px; }
+.cb-app .cb-error { color: #a61b1b; background: #fdecea; border: 1px solid #f5c2c0; border-radius: 4px;
+  padding: 6px 10px; margin: 4px 0; white-space: pre-wrap; }
+.cb-app .cb-stats { font-size: 12px; color: #333; background: #f6f8fa; border-radius: 4px; padding: 6px 10px; }
+.cb-app .cb-stats b { font-size: 13px; }
+.cb-app .cb-stats .cb-timings, .cb-app .cb-stats .cb-counts { color: #555; }
+.cb-app .cb-busy { color: #555; font-size: 13px; }
+.cb-app .cb-spinner { display: inline-block; width: 12px; height: 12px; border: 2px solid #bbb;
+  border-top-color: #1f77b4; border-radius: 50%; animation: cb-spin 0.8s linear infinite;
+  vertical-align: middle; margin-right: 6px; }
+@keyframes cb-spin { to { transform: rotate(360deg); } }
+.cb-app pre.cb-code { white-space: pre-wrap; font-size: 12px; margin: 0; }
+.cb-app a.cb-download { font-weight: 600; }
+</style>"""
+
+
+def default_catalog_path() -> Path:
+    """``$CB_CATALOG`` if set (and non-empty), else the checkout's ``data/demo``."""
+    env = os.environ.get("CB_CATALOG", "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    from ..build import DEFAULT_CATALOG
+
+    return Path(DEFAULT_CATALOG)
+
+
+def default_app(**kwargs) -> "SearchApp":
+    """A :class:`SearchApp` on the default catalog (see :func:`default_catalog_path`).
+
+    A missing or broken catalog does not raise: the app shows the error and how to build it.
+    """
+    return SearchApp(None, **kwargs)
+
+
+def _data_link(text: str, filename: str, mime: str) -> str:
+    payload = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    size = len(text.encode("utf-8"))
+    return (f'<a class="cb-download" download="{html.escape(filename)}" '
+            f'href="data:{mime};charset=utf-8;base64,{payload}" data-filename="{html.escape(filename)}">'
+            f'⬇ Download {html.escape(filename)}</a> <span style="color:#777">({size:,} bytes)</span>')
+
+
+def _ms(seconds) -> str:
+    return f"{1000.0 * float(seconds):.1f} ms"
+
+
+class SearchApp(widgets.VBox):
+    """Text / picture search, marking, and decision-branch refine rounds in one widget.
+
+    Parameters
+    ----------
+    catalog_or_path : Catalog, path or None
+        The catalog to search; None opens the default catalog (:func:`default_catalog_path`).
+        Ignored when ``catalogs`` is given.
+    catalogs : dict name -> Catalog or path, optional
+        Several catalogs; a dropdown switches between them (each switch starts a new session).
+        The first one opens first.
+    page_size : int
+        Tiles added per "Load more" after a refine round.
+    k : int
+        Items shown by a text or picture search (all at once).
+    random_state : int or None
+        Seed of each new :class:`~clipbranches_widgets.session.SearchSession`.
+    warm_up : bool
+        Warm up in a background thread on open (query encoder, box index, Numba kernels).
+
+    Attributes: ``session`` (the current SearchSession, None without a catalog), ``catalog``,
+    ``grid`` (ImageGrid), ``warmed_up`` (threading.Event set when the current catalog's warm-up
+    finished, successfully or not), ``last_result``, and the controls (``query``,
+    ``search_button``, ``upload``, ``more_like_button``, ``model``, ``negatives``, ``weight``,
+    ``refine_button``, ``undo_button``, ``catalog_select``, ``error``, ``stats``, ``rules``,
+    ``sql``, ``download``, ...). The app never raises from a button: errors are shown in
+    ``error``; unexpected ones are also logged.
+    """
+
+    def __init__(self, catalog_or_path=None, *, catalogs=None, page_size: int = 15, k: int = 60,
+                 random_state=0, warm_up: bool = True, max_thumbnails: int = 500, **kwargs):
+        super().__init__(**kwargs)
+        self.add_class("cb-app")
+        self.k = int(k)
+        self.random_state = random_state
+        self._warm_up_enabled = bool(warm_up)
+        self._syncing = False  # True while the app itself rewrites grid labels
+        self._busy = False
+        self._last_positive: int | None = None
+        self._opened: dict[str, object] = {}  # catalog name -> opened Catalog
+        self.session = None
+        self.catalog = None
+        self.last_result = None
+        self.warmed_up = threading.Event()
+        self.warm_up_error: str | None = None
+
+        if catalogs:
+            if not isinstance(catalogs, dict):
+                raise TypeError("catalogs must be a dict name -> Catalog or path")
+            self._sources = {str(name): value for name, value in catalogs.items()}
+        else:
+            source = default_catalog_path() if catalog_or_path is None else catalog_or_path
+            self._sources = {self._source_name(source): source}
+
+        self._build_widgets(page_size, max_thumbnails)
+        self._open(next(iter(self._sources)))
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def default(cls, **kwargs) -> "SearchApp":
+        """The app on the default catalog (``$CB_CATALOG`` or ``data/demo``); see :func:`default_app`."""
+        return cls(None, **kwargs)
+
+    @staticmethod
+    def _source_name(source) -> str:
+        path = getattr(source, "path", source)
+        try:
+            return Path(path).name or str(path)
+        except TypeError:
+            return str(source)
+
+    def _build_widgets(self, page_size: int, max_thumbnails: int) -> None:
+        self.title = widgets.HTML(_STYLE + '<span class="cb-title">clipbranches image search</span>')
+        self.catalog_select = widgets.Dropdown(options=list(self._sources), description="Catalog:",
+                                               layout=widgets.Layout(width="260px"))
+        self.catalog_select.add_class("cb-catalog")
+        self.catalog_select.layout.display = "" if len(self._sources) > 1 else "none"
+        self.catalog_select.observe(self._on_catalog_change, names="value")
+        self.warmup_note = widgets.HTML('<span class="cb-warmup" data-done="0">warming up…</span>')
+        top = widgets.HBox([self.title, self.catalog_select, self.warmup_note],
+                           layout=widgets.Layout(align_items="center", flex_flow="row wrap"))
+
+        self.query = widgets.Text(placeholder="Describe what you are looking for, e.g. a red star",
+                                  layout=widgets.Layout(width="380px"), continuous_update=False)
+        self.query.add_class("cb-query")
+        with warnings.catch_warnings():  # on_submit is deprecated in ipywidgets 8 but is the only Enter hook
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.query.on_submit(lambda _w: self._guard(self._do_search))
+        self.search_button = widgets.Button(description="Search", button_style="primary", icon="search",
+                                            tooltip="Text search (Enter in the box does the same)")
+        self.search_button.add_class("cb-search")
+        self.search_button.on_click(lambda _b: self._guard(self._do_search))
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Search by image")
+        self.upload.add_class("cb-upload")
+        self.upload.observe(self._on_upload, names="value")
+        self.more_like_button = widgets.Button(description="More like this", icon="clone",
+                                               tooltip="Search by the item you marked positive last")
+        self.more_like_button.add_class("cb-more-like")
+        self.more_like_button.on_click(lambda _b: self._guard(self._do_more_like))
+        query_row = widgets.HBox([self.query, self.search_button, self.upload, self.more_like_button],
+                                 layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+
+        self.model = widgets.Dropdown(options=list(MODEL_OPTIONS), value="branches", description="Model:",
+                                      layout=widgets.Layout(width="250px"))
+        self.model.add_class("cb-model")
+        style = {"description_width": "initial"}
+        self.negatives = widgets.IntSlider(value=500, min=0, max=1000, step=100, description="Random negatives",
+                                           style=style, continuous_update=False)
+        self.negatives.add_class("cb-negatives")
+        self.weight = widgets.IntSlider(value=1, min=1, max=100, step=1, description="Negative weight",
+                                        style=style, continuous_update=False)
+        self.weight.add_class("cb-weight")
+        self.refine_button = widgets.Button(description="Fine-tune", button_style="success", icon="filter",
+                                            tooltip="Train the model on your marks and find every match")
+        self.refine_button.add_class("cb-refine")
+        self.refine_button.on_click(lambda _b: self._guard(self._do_refine))
+        self.undo_button = widgets.Button(description="Undo", icon="undo", tooltip="Undo the last marking action")
+        self.undo_button.add_class("cb-undo")
+        self.undo_button.on_click(lambda _b: self._guard(self._do_undo))
+        self.busy = widgets.HTML("")
+        self.busy.add_class("cb-busy")
+        options_row = widgets.HBox([self.model, self.negatives, self.weight, self.refine_button,
+                                    self.undo_button, self.busy],
+                                   layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+
+        self.error = widgets.HTML("")
+        self.error.add_class("cb-error-area")
+        self.stats = widgets.HTML(self._stats_html(0, "No search yet: type a query and press Enter."))
+        self.stats.add_class("cb-stats-area")
+
+        self.grid = ImageGrid(page_size=page_size, max_thumbnails=max_thumbnails)
+        self.grid.on_label_change(self._on_grid_labels)
+
+        self.rules = widgets.HTML('<pre class="cb-code cb-rules">n/a</pre>')
+        self.sql = widgets.HTML('<pre class="cb-code cb-sql">n/a</pre>')
+        self.model_panel = widgets.Accordion(children=[self.rules, self.sql], selected_index=None)
+        self.model_panel.set_title(0, "Model boxes as rules")
+        self.model_panel.set_title(1, "Model as SQL")
+        self.model_panel.add_class("cb-model-panel")
+
+        self.export_csv_button = widgets.Button(description="Results CSV", icon="download")
+        self.export_csv_button.add_class("cb-export-csv")
+        self.export_csv_button.on_click(lambda _b: self._guard(self._do_export, "csv"))
+        self.export_json_button = widgets.Button(description="Results JSON", icon="download")
+        self.export_json_button.add_class("cb-export-json")
+        self.export_json_button.on_click(lambda _b: self._guard(self._do_export, "json"))
+        self.save_button = widgets.Button(description="Save session", icon="save")
+        self.save_button.add_class("cb-save-session")
+        self.save_button.on_click(lambda _b: self._guard(self._do_save))
+        self.download = widgets.HTML("")
+        self.download.add_class("cb-download-area")
+        export_row = widgets.HBox([self.export_csv_button, self.export_json_button, self.save_button, self.download],
+                                  layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+
+        self._controls = [self.query, self.search_button, self.upload, self.more_like_button, self.model,
+                          self.negatives, self.weight, self.refine_button, self.undo_button,
+                          self.export_csv_button, self.export_json_button, self.save_button]
+        self.children = [top, query_row, options_row, self.error, self.stats, self.grid, self.model_panel,
+                         export_row]
+
+    # -- catalogs ------------------------------------------------------------------------------
+
+    def _open(self, name: str) -> None:
+        """Open catalog ``name`` and start a fresh session (errors are shown, not raised)."""
+        self.session, self.catalog, self.last_result = None, None, None
+        self._last_positive = None
+        self._reset_views()
+        try:
+            catalog = self._opened.get(name)
+            if catalog is None:
+                source = self._sources[name]
+                if hasattr(source, "codes") and hasattr(source, "n_items"):
+                    catalog = source
+                else:
+                    catalog = self._open_path(Path(source))
+                self._opened[name] = catalog
+        except ValueError as exc:
+            self._show_error(str(exc))
+            self._set_enabled(False)
+            self.catalog_select.disabled = False
+            self.warmed_up.set()
+            self.warmup_note.value = '<span class="cb-warmup" data-done="1"></span>'
+            return
+        from ..session import SearchSession
+
+        self.catalog = catalog
+        self.session = SearchSession(catalog, random_state=self.random_state)
+        self._set_enabled(True)
+        self._clear_error()
+        self.upload.layout.display = ""
+        self._start_warm_up(catalog)
+
+    @staticmethod
+    def _open_path(path: Path):
+        from .. import open_catalog
+
+        if not (path / "manifest.json").exists():
+            if path.resolve() == default_catalog_path().resolve() or not path.exists():
+                raise ValueError(f"No catalog at {path}. Build the demo catalog first:\n    {BUILD_HINT}\n"
+                                 f"(or point the CB_CATALOG environment variable at a catalog folder).")
+        return open_catalog(path)
+
+    def _on_catalog_change(self, change) -> None:
+        if change.new is None or change.new == change.old:
+            return
+        try:
+            self._open(change.new)
+        except Exception as exc:  # noqa: BLE001 - never a traceback in the UI
+            log.exception("switching to catalog %r failed", change.new)
+            self._show_error(f"Could not open catalog {change.new!r}: {exc}")
+
+    def _reset_views(self) -> None:
+        self._syncing = True
+        try:
+            self.grid.show([], labels={}, labelled_before=[])
+        finally:
+            self._syncing = False
+        self.stats.value = self._stats_html(0, "No search yet: type a query and press Enter.")
+        self.rules.value = '<pre class="cb-code cb-rules">n/a</pre>'
+        self.sql.value = '<pre class="cb-code cb-sql">n/a</pre>'
+        self.download.value = ""
+
+    def _set_enabled(self, enabled: bool) -> None:
+        for w in self._controls:
+            w.disabled = not enabled
+        self.grid.disabled = not enabled
+
+    # -- warm-up -------------------------------------------------------------------------------
+
+    def _start_warm_up(self, catalog) -> None:
+        event = threading.Event()
+        self.warmed_up = event
+        self.warm_up_error = None
+        if not self._warm_up_enabled:
+            event.set()
+            self.warmup_note.value = '<span class="cb-warmup" data-done="1"></span>'
+            return
+        self.warmup_note.value = ('<span class="cb-warmup" data-done="0"><span class="cb-spinner"></span>'
+                                  'warming up…</span>')
+        thread = threading.Thread(target=self._warm_up, args=(catalog, event), name="cb-warm-up", daemon=True)
+        self._warm_up_thread = thread
+        thread.start()
+
+    def _warm_up(self, catalog, event: threading.Event) -> None:
+        """Load the query encoder, build/load the box index, compile the Numba kernels."""
+        t0 = time.perf_counter()
+        problems = []
+        try:
+            try:
+                catalog.query_encoder()
+            except Exception as exc:  # noqa: BLE001 - a catalog without a text encoder still works by image
+                problems.append(f"query encoder: {exc}")
+                log.warning("warm-up: no query encoder for %s: %s", catalog, exc)
+            try:
+                from ..engine import BranchEnsemble, DecisionBranches
+
+                index = catalog.box_index()
+                n = min(catalog.n_items, 200)
+                X = np.asarray(catalog.codes[:n])
+                y = np.zeros(n, np.int64)
+                y[: max(1, n // 10)] = 1
+                model = DecisionBranches(random_state=0).fit(X, y)
+                index.search(model)
+                BranchEnsemble(random_state=0).fit(X, y)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"engine: {exc}")
+                log.exception("warm-up of the engine failed for %s", catalog)
+        finally:
+            if event is self.warmed_up:
+                self.warm_up_error = "; ".join(problems) or None
+                note = ("" if not problems else
+                        f'<span style="color:#a61b1b">warm-up incomplete: {html.escape(problems[0])}</span>')
+                self.warmup_note.value = f'<span class="cb-warmup" data-done="1">{note}</span>'
+            log.info("warm-up finished in %.1f s", time.perf_counter() - t0)
+            event.set()
+
+    # -- error handling ------------------------------------------------------------------------
+
+    def _guard(self, action, *args) -> None:
+        """Run a UI action: ValueError -> its message; anything else -> a short message + log."""
+        try:
+            action(*args)
+        except ValueError as exc:
+            self._show_error(str(exc))
+        except Exception as exc:  # noqa: BLE001 - never a traceback in the UI
+            log.exception("clipbranches app action %s failed", getattr(action, "__name__", action))
+            self._show_error(f"Something went wrong ({type(exc).__name__}: {exc}). Details are in the log.")
+
+    def _show_error(self, message: str) -> None:
+        self.error.value = f'<div class="cb-error">{html.escape(str(message))}</div>'
+
+    def _clear_error(self) -> None:
+        self.error.value = ""
+
+    def _require_session(self):
+        if self.session is None:
+            raise ValueError("no catalog is open")
+        return self.session
+
+    # -- labels --------------------------------------------------------------------------------
+
+    def _on_grid_labels(self, ids, label) -> None:
+        if self._syncing or self.session is None:
+            return
+        try:
+            self.session.label(list(ids), label)
+            if label == "pos" and ids:
+                self._last_positive = int(ids[-1])
+            self._clear_error()
+        except ValueError as exc:
+            self._show_error(str(exc))
+        except Exception as exc:  # noqa: BLE001
+            log.exception("labelling failed")
+            self._show_error(f"Could not store the marks ({type(exc).__name__}: {exc}).")
+
+    def _sync_grid_labels(self) -> None:
+        """Make the grid's labels equal the session's (without echoing back into the session)."""
+        self._syncing = True
+        try:
+            self.grid.labels = {str(i): v for i, v in self.session.labels.items()}
+        finally:
+            self._syncing = False
+
+    def _show_items(self, ids, scores, *, shown: int | None = None) -> None:
+        session = self.session
+        catalog = session.catalog
+        ids = [int(i) for i in np.asarray(ids)]
+        captions = None
+        if "caption" in catalog.items.column_names and ids:
+            captions = ["" if c is None else str(c)
+                        for c in catalog.items.column("caption").take(np.asarray(ids, np.int64)).to_pylist()]
+        labels = session.labels
+        self._syncing = True
+        try:
+            self.grid.show(ids, [float(s) for s in np.asarray(scores)],
+                           thumbnail=catalog.thumbnail if catalog.has_thumbnails else None,
+                           captions=captions, labels=labels, labelled_before=sorted(labels), shown=shown)
+        finally:
+            self._syncing = False
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def _do_search(self) -> None:
+        session = self._require_session()
+        text = self.query.value
+        if not text.strip():
+            raise ValueError("Type a query first (the search box is empty).")
+        result = session.text_search(text, k=self.k)
+        self._after_search(result)
+
+    def _do_more_like(self) -> None:
+        session = self._require_session()
+        item = self._last_positive
+        if item is None:
+            shown_pos = [i for i in self.grid.shown_ids if self.grid.label_of(i) == "pos"]
+            item = shown_pos[0] if shown_pos else None
+        if item is None:
+            raise ValueError("Mark a tile positive first: \"More like this\" searches by the item you marked last.")
+        self._after_search(session.image_search(int(item), k=self.k))
+
+    def _on_upload(self, change) -> None:
+        files = change.new
+        if not files:
+            return
+        self._guard(self._do_upload, files)
+
+    def _do_upload(self, files) -> None:
+        session = self._require_session()
+        from PIL import Image, UnidentifiedImageError
+
+        first = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
+        content = first["content"]
+        try:
+            image = Image.open(io.BytesIO(bytes(content))).convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"{first.get('name', 'the file')} is not a readable picture: {exc}") from None
+        try:
+            result = session.image_search(image, k=self.k)
+        finally:
+            try:
+                self.upload.value = ()  # allow uploading the same file again
+            except Exception:  # noqa: BLE001 - older ipywidgets
+                pass
+        self._after_search(result)
+
+    def _after_search(self, result) -> None:
+        self.last_result = result
+        self._show_items(result.ids, result.scores, shown=len(result))
+        self.rules.value = '<pre class="cb-code cb-rules">n/a (no model yet: mark items and fine-tune)</pre>'
+        self.sql.value = '<pre class="cb-code cb-sql">n/a</pre>'
+        q = result.query
+        what = f"“{html.escape(q['text'])}”" if q.get("type") == "text" else (
+            f"item {q['item_id']}" if q.get("item_id") is not None else "the uploaded picture")
+        t = result.timings
+        total = sum(float(v) for v in t.values())
+        body = (f"<b>{len(result)}</b> results for {what} &middot; query time {total:.3f} s"
+                f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))}</div>'
+                f'<div class="cb-counts">marked: {len(self.session.positives)} positive, '
+                f'{len(self.session.negatives)} negative</div>')
+        self.stats.value = self._stats_html(len(result), body)
+        self.download.value = ""
+        self._clear_error()
+
+    def _do_refine(self) -> None:
+        session = self._require_session()
+        if self._busy:
+            return
+        self._busy = True
+        button = self.refine_button
+        button.disabled = True
+        button.description = "Fine-tuning…"
+        self.busy.value = '<span class="cb-spinner"></span>Fine-tuning…'
+        try:
+            result = session.refine(self.model.value, n_random_negatives=int(self.negatives.value),
+                                    negative_weight=float(self.weight.value))
+            self._after_refine(result)
+        finally:
+            self._busy = False
+            button.description = "Fine-tune"
+            button.disabled = self.session is None
+            self.busy.value = ""
+
+    def _after_refine(self, result) -> None:
+        self.last_result = result
+        self._show_items(result.ids, result.scores)  # first page; "Load more" shows the rest
+        t = result.timings
+        boxes = "n/a" if result.n_boxes is None else str(result.n_boxes)
+        method = result.stats.get("method")
+        name = dict((v, k) for k, v in MODEL_OPTIONS).get(result.model_name, result.model_name)
+        body = (f"<b>{result.count:,}</b> results ({html.escape(name)}) &middot; query time "
+                f"{float(t.get('total', 0)):.3f} s"
+                f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))} '
+                f'&middot; sampling {_ms(t.get("sampling", 0))} &middot; train {_ms(t.get("train", 0))} '
+                f'&middot; apply {_ms(t.get("apply", 0))}</div>'
+                f'<div class="cb-counts">boxes: {boxes}'
+                + (f" &middot; search: {html.escape(str(method))}" if method else "")
+                + f" &middot; marks used: {result.n_positives} positive, {result.n_negatives} negative"
+                f" &middot; random negatives: {result.n_random_negatives} "
+                f"({html.escape(result.negatives_source)}) &middot; seed {result.random_state}</div>")
+        self.stats.value = self._stats_html(result.count, body)
+        if result.rules is not None:
+            rules = "\n".join(f"box {n + 1}: {r}" for n, r in enumerate(result.rules)) or "(no boxes)"
+            self.rules.value = f'<pre class="cb-code cb-rules">{html.escape(rules)}</pre>'
+            self.sql.value = f'<pre class="cb-code cb-sql">{html.escape(result.sql or "")}</pre>'
+        else:
+            self.rules.value = (f'<pre class="cb-code cb-rules">n/a: {html.escape(name)} is not a plain union of '
+                                f'boxes (only Decision branches give rules)</pre>')
+            self.sql.value = '<pre class="cb-code cb-sql">n/a: only Decision branches produce SQL</pre>'
+        self.download.value = ""
+        self._clear_error()
+
+    def _do_undo(self) -> None:
+        session = self._require_session()
+        session.undo()
+        self._sync_grid_labels()
+        self._clear_error()
+
+    # -- exports -------------------------------------------------------------------------------
+
+    def export_text(self, format: str = "csv") -> str:
+        """The last result as CSV or JSON text (exactly what ``session.export`` writes)."""
+        session = self._require_session()
+        if session.last_result is None:
+            raise ValueError("Nothing to export yet: run a search or fine-tune first.")
+        with tempfile.TemporaryDirectory(prefix="cb-export-") as tmp:
+            path = Path(tmp) / f"results.{format}"
+            session.export(path, format=format)
+            return path.read_text(encoding="utf-8")
+
+    def session_text(self) -> str:
+        """The session as JSON text (exactly what ``session.save`` writes)."""
+        session = self._require_session()
+        with tempfile.TemporaryDirectory(prefix="cb-session-") as tmp:
+            path = Path(tmp) / "session.json"
+            session.save(path)
+            return path.read_text(encoding="utf-8")
+
+    def _do_export(self, format: str) -> None:
+        text = self.export_text(format)
+        mime = "text/csv" if format == "csv" else "application/json"
+        self.download.value = _data_link(text, f"clipbranches-results.{format}", mime)
+        self._clear_error()
+
+    def _do_save(self) -> None:
+        text = self.session_text()
+        json.loads(text)  # sanity: it is JSON
+        self.download.value = _data_link(text, "clipbranches-session.json", "application/json")
+        self._clear_error()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stats_html(count: int, body: str) -> str:
+        return f'<div class="cb-stats" data-count="{int(count)}">{body}</div>'
+
+    def __repr__(self) -> str:
+        return f"SearchApp({self.catalog!r})"

@@ -1,0 +1,307 @@
+"""SearchApp: the whole search UI driven from Python (widget values + button.click()).
+
+The tiny catalog's CLIP is barely trained, so these tests check the plumbing (what reaches the
+session, what the widgets show), never search quality. The browser test lives elsewhere.
+"""
+
+import base64
+import csv
+import datetime
+import html
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipbranches_widgets.demo import concept_mask
+from clipbranches_widgets.widgets import ImageGrid, SearchApp, default_app
+from clipbranches_widgets.widgets.app import BUILD_HINT
+
+_EPOCH = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+REPO = Path(__file__).resolve().parent.parent
+MODELS = [("branches", True), ("ensemble", False), ("tree", False), ("forest", False)]
+
+
+def _ids(catalog, concept, n):
+    ids = np.flatnonzero(concept_mask(catalog.items, concept))
+    assert ids.size >= n
+    return [int(i) for i in ids[:n]]
+
+
+def _count(app):
+    match = re.search(r'<div class="cb-stats" data-count="(\d+)"', app.stats.value)
+    assert match, app.stats.value
+    return int(match.group(1))
+
+
+def _error(app):
+    match = re.search(r'<div class="cb-error">(.*?)</div>', app.error.value, re.S)
+    return match.group(1) if match else None
+
+
+def _download(app):
+    match = re.search(r'href="data:([^;]+);charset=utf-8;base64,([^"]+)"', app.download.value)
+    assert match, app.download.value
+    return match.group(1), base64.b64decode(match.group(2)).decode("utf-8")
+
+
+@pytest.fixture
+def app(tiny_catalog):
+    return SearchApp(tiny_catalog, warm_up=False, random_state=0)
+
+
+@pytest.fixture
+def searched(app):
+    """An app after a text search, with 12 red stars positive and 5 blue rings negative."""
+    app.query.value = "a red star"
+    app.search_button.click()
+    app.grid.set_label(_ids(app.catalog, "a red star", 12), "pos")
+    app.grid.set_label(_ids(app.catalog, "a blue ring", 5), "neg")
+    return app
+
+
+def test_css_classes_and_defaults(app):
+    classes = {"cb-query": app.query, "cb-search": app.search_button, "cb-model": app.model,
+               "cb-negatives": app.negatives, "cb-weight": app.weight, "cb-refine": app.refine_button,
+               "cb-undo": app.undo_button, "cb-upload": app.upload, "cb-more-like": app.more_like_button,
+               "cb-catalog": app.catalog_select, "cb-export-csv": app.export_csv_button,
+               "cb-export-json": app.export_json_button, "cb-save-session": app.save_button, "cb-app": app}
+    for cls, widget in classes.items():
+        assert cls in widget._dom_classes, cls
+    assert isinstance(app.grid, ImageGrid) and app.grid in app.children
+    assert app.model.value == "branches"
+    assert [label for label, _ in app.model.options] == ["Decision branches", "Branch ensemble",
+                                                         "Decision tree", "Random forest"]
+    assert (app.negatives.min, app.negatives.max, app.negatives.step, app.negatives.value) == (0, 1000, 100, 500)
+    assert (app.weight.min, app.weight.max, app.weight.value) == (1, 100, 1)
+    assert app.upload.accept == "image/*"
+    assert app.catalog_select.layout.display == "none"  # one catalog: no selector
+    assert _count(app) == 0 and _error(app) is None
+    assert app.warmed_up.is_set()  # warm_up=False
+
+
+def test_search_shows_k_tiles_and_enter_submits(app):
+    app.query.value = "a red star"
+    app.search_button.click()
+    assert len(app.grid.tiles) == 60 and app.grid.shown == 60
+    assert _count(app) == 60
+    assert app.grid.tiles[0]["src"].startswith("data:image/")
+    assert app.session.query == {"type": "text", "text": "a red star"}
+    assert app.session.labels == {}  # a search marks nothing
+
+    small = SearchApp(app.catalog, k=7, warm_up=False)
+    small.query.value = "a blue ring"
+    small.query._handle_string_msg(None, {"event": "submit"}, [])  # Enter in the browser
+    assert len(small.grid.tiles) == 7 and _count(small) == 7
+
+
+def test_empty_query_shows_error_then_clears(app):
+    app.query.value = "   "
+    app.search_button.click()
+    assert "empty" in _error(app)
+    assert app.grid.tiles == []
+    app.query.value = "a red star"
+    app.search_button.click()
+    assert _error(app) is None
+
+
+def test_grid_labels_reach_session_and_undo(searched):
+    app = searched
+    session = app.session
+    stars, rings = _ids(app.catalog, "a red star", 12), _ids(app.catalog, "a blue ring", 5)
+    assert session.positives == sorted(stars) and session.negatives == sorted(rings)
+    app.grid.label_all("none")  # the "All none" button on the shown tiles
+    cleared = [i for i in app.grid.shown_ids if i in stars or i in rings]
+    assert all(session.labels.get(i) is None for i in cleared)
+    app.undo_button.click()
+    assert session.positives == sorted(stars) and session.negatives == sorted(rings)
+    assert {int(k): v for k, v in app.grid.labels.items()} == session.labels
+    app.undo_button.click()  # undo the negatives
+    assert session.negatives == [] and all(app.grid.label_of(i) == "none" for i in rings)
+    app.undo_button.click()
+    app.undo_button.click()  # nothing left
+    assert "nothing to undo" in _error(app)
+    app.grid.set_label(stars[0], "pos")
+    assert _error(app) is None
+
+
+@pytest.mark.parametrize("model,has_sql", MODELS)
+def test_refine_each_model(searched, model, has_sql):
+    app = searched
+    app.model.value = model
+    app.refine_button.click()
+    assert _error(app) is None, _error(app)
+    result = app.last_result
+    assert result.model_name == model and app.session.history[-1]["model"] == model
+    assert _count(app) == result.count
+    assert [t["id"] for t in app.grid.tiles] == [int(i) for i in result.ids]
+    assert app.grid.shown == min(app.grid.page_size, result.count)
+    if result.count > app.grid.page_size:
+        app.grid.load_more()
+        assert app.grid.shown == min(2 * app.grid.page_size, result.count)
+    # the marks are kept and badged as labelled before this round
+    assert {int(k): v for k, v in app.grid.labels.items()} == app.session.labels
+    assert sorted(app.grid.labelled_before) == sorted(app.session.labels)
+    assert not app.refine_button.disabled and app.refine_button.description == "Fine-tune"
+    assert app.busy.value == ""
+    for part in ("encode", "nn", "sampling", "train", "apply"):
+        assert part in app.stats.value
+    assert "random negatives: " in app.stats.value
+    if has_sql:
+        assert "SELECT" in app.sql.value and "box 1:" in app.rules.value
+    else:
+        assert "n/a" in app.sql.value and "n/a" in app.rules.value
+
+
+def test_slider_extremes(searched):
+    app = searched
+    app.negatives.value = 0
+    app.weight.value = 100
+    app.refine_button.click()
+    assert _error(app) is None, _error(app)
+    assert app.last_result.n_random_negatives == 0
+    assert app.session.history[-1]["negative_weight"] == 100.0
+    app.negatives.value = 1000
+    app.refine_button.click()
+    assert _error(app) is None and app.last_result.n_random_negatives > 0
+
+
+def test_refine_errors_are_shown(app):
+    app.query.value = "a red star"
+    app.search_button.click()
+    app.refine_button.click()
+    assert "positive" in _error(app)
+    assert not app.refine_button.disabled
+    app.grid.set_label(app.grid.tiles[0]["id"], "pos")
+    app.negatives.value = 0
+    app.refine_button.click()
+    assert "no negatives" in _error(app)
+    app.negatives.value = 100
+    app.refine_button.click()
+    assert _error(app) is None
+
+
+def test_unexpected_exception_is_shown_not_raised(searched, monkeypatch, caplog):
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(searched.session, "refine", boom)
+    searched.refine_button.click()
+    assert "kaboom" in _error(searched) and "Traceback" not in searched.error.value
+    assert not searched.refine_button.disabled
+    assert any("failed" in r.getMessage() for r in caplog.records)
+
+
+def test_more_like_this(app):
+    app.more_like_button.click()
+    assert "Mark a tile positive" in _error(app)
+    app.query.value = "a red star"
+    app.search_button.click()
+    target = app.grid.tiles[3]["id"]
+    app.grid.set_label(target, "pos")
+    app.more_like_button.click()
+    assert _error(app) is None
+    assert app.session.query == {"type": "image", "item_id": target}
+    assert app.grid.tiles[0]["id"] == target and _count(app) == 60
+
+
+def test_upload_searches_by_picture(app):
+    jpeg = app.catalog.thumbnail(5)
+    app.upload.value = ({"name": "q.jpg", "type": "image/jpeg", "size": len(jpeg), "content": memoryview(jpeg),
+                         "last_modified": _EPOCH},)
+    assert _error(app) is None, _error(app)
+    assert app.session.query == {"type": "image", "item_id": None}
+    assert len(app.grid.tiles) == 60
+    app.upload.value = ({"name": "bad.jpg", "type": "image/jpeg", "size": 3, "content": memoryview(b"abc"),
+                         "last_modified": _EPOCH},)
+    assert "not a readable picture" in _error(app)
+
+
+def test_exports_are_data_links(searched, tmp_path):
+    app = searched
+    app.export_csv_button.click()
+    mime, text = _download(app)
+    assert mime == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [int(r["id"]) for r in rows] == [t["id"] for t in app.grid.tiles]
+    app.refine_button.click()
+    app.export_csv_button.click()
+    _, text = _download(app)
+    app.session.export(tmp_path / "ref.csv")
+    assert text == (tmp_path / "ref.csv").read_text()
+    assert len(list(csv.DictReader(io.StringIO(text)))) == app.last_result.count
+    app.export_json_button.click()
+    mime, text = _download(app)
+    assert mime == "application/json" and len(json.loads(text)) == app.last_result.count
+    app.save_button.click()
+    mime, text = _download(app)
+    state = json.loads(text)
+    assert state["format"] == "clipbranches.session" and len(state["labels"]) == 17
+    assert 'download="clipbranches-session.json"' in app.download.value
+    assert list(tmp_path.iterdir()) == [tmp_path / "ref.csv"]
+
+
+def test_export_before_search_is_an_error(app):
+    app.export_csv_button.click()
+    assert "Nothing to export" in _error(app) and app.download.value == ""
+
+
+def test_catalog_switching(tiny_catalog, tiny_catalog_path):
+    app = SearchApp(catalogs={"first": tiny_catalog, "second": tiny_catalog_path}, warm_up=False)
+    assert app.catalog_select.layout.display != "none"
+    assert list(app.catalog_select.options) == ["first", "second"]
+    first = app.session
+    app.query.value = "a red star"
+    app.search_button.click()
+    app.grid.set_label(app.grid.tiles[0]["id"], "pos")
+    app.catalog_select.value = "second"
+    assert app.session is not first and app.session.labels == {}
+    assert app.catalog is not tiny_catalog and Path(app.catalog.path) == Path(tiny_catalog_path)
+    assert app.grid.tiles == [] and app.grid.labels == {} and _count(app) == 0
+    app.query.value = "a blue ring"
+    app.search_button.click()
+    assert len(app.grid.tiles) == 60 and first.labels  # the old session is untouched
+
+
+def test_warm_up_finishes(tiny_catalog):
+    app = SearchApp(tiny_catalog)
+    assert app.warmed_up.wait(300), "warm-up did not finish"
+    assert app.warm_up_error is None, app.warm_up_error
+    assert 'data-done="1"' in app.warmup_note.value and "warming up" not in app.warmup_note.value
+    assert tiny_catalog._query_encoder is not None and tiny_catalog._index is not None
+
+
+def test_missing_default_catalog_is_shown(monkeypatch, tmp_path):
+    monkeypatch.setenv("CB_CATALOG", str(tmp_path / "nope"))
+    for app in (SearchApp.default(), default_app()):
+        assert BUILD_HINT in html.unescape(_error(app))
+        assert app.session is None and app.search_button.disabled and app.refine_button.disabled
+        assert app.warmed_up.is_set()
+        app.search_button.click()  # disabled in the browser; from Python it still must not raise
+        assert _error(app)
+
+
+def test_dashboard_notebook_runs(tiny_catalog_path, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb_path = REPO / "notebooks" / "dashboard.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook cleared"
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert len(code_cells) == 1
+    monkeypatch.setenv("CB_CATALOG", str(tiny_catalog_path))
+    workdir = tmp_path / "nb"
+    workdir.mkdir()
+    shutil.copy(nb_path, workdir / "dashboard.ipynb")
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+    client.execute()
+    outputs = code_cells[0].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), outputs
+    assert not any(o.output_type == "error" for o in outputs)
+    state = json.dumps(nb.metadata.get("widgets", {}))
+    assert "cb-app" in state and "cb-stats" in state
+    assert "No catalog at" not in state and "cb-error\\\">" not in state
