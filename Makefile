@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo engine-demo chromium test bench clean-venv
 
 setup: $(STAMP)
 
@@ -20,13 +20,24 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip install -c constraints.txt -e ".[app,test,dist]"
 	touch $@
 
-# For now the engine demo; a later milestone starts the Voila dashboard here.
+# The dashboard on the committed default catalog (data/demo), served by Voila on 127.0.0.1.
+PORT ?= 8866
 demo: setup
+	@echo "clipbranches dashboard: open http://127.0.0.1:$(PORT)/ in your browser (Ctrl-C stops it)"
+	$(VENV)/bin/voila --no-browser --port=$(PORT) --Voila.ip=127.0.0.1 notebooks/dashboard.ipynb
+
+# The engine alone, in the terminal (no catalog, no browser).
+engine-demo: setup
 	$(PY) -m clipbranches_widgets.engine.demo
 
 # pytest's own exit status is also written to $(VENV)/.pytest-exitcode (make itself exits 2 on
 # any failure); .ci/run exits with it.
-test: setup
+# Debian's Chromium for the real-browser dashboard test (Playwright cannot download browsers).
+chromium:
+	@test -x /usr/bin/chromium || { SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: setup chromium
 	@rm -f $(VENV)/.pytest-exitcode
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; echo $$rc > $(VENV)/.pytest-exitcode; exit $$rc
 

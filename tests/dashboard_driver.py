@@ -1,0 +1,97 @@
+"""Start the Voilà dashboard and a headless Chromium for browser tests and the dashboard benchmark.
+
+Chromium comes from Debian (``/usr/bin/chromium``; ``.ci/run`` installs it); Playwright drives it
+through ``executable_path`` because ``playwright install`` cannot download browsers here. Voilà
+listens on 127.0.0.1 only and is stopped by its PID (its whole process group, kernels included).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "notebooks" / "dashboard.ipynb"
+CHROMIUM = os.environ.get("CB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def voila_server(notebook: Path = DASHBOARD, env: dict | None = None, log_path: Path | None = None,
+                 timeout: float = 90.0):
+    """Yield the URL of a Voilà server rendering ``notebook``; stop it afterwards by PID."""
+    port = free_port()
+    voila = Path(sys.executable).with_name("voila")
+    cmd = [str(voila), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", str(notebook)]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"voila exited with code {proc.returncode} (see {log_path})")
+            try:
+                urllib.request.urlopen(url + "api/kernelspecs", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"voila did not answer on {url} within {timeout:.0f} s")
+                time.sleep(0.3)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if log_path:
+            log.close()
+
+
+@contextmanager
+def chromium_page(viewport=(1400, 1000)):
+    """Yield a Playwright page in headless Debian Chromium (CDN requests aborted: no internet)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            # Voilà asks a CDN for FontAwesome; nothing outside 127.0.0.1 is reachable in tests
+            page.route("**/*", lambda route: route.abort()
+                       if not route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                       else route.continue_())
+            yield page
+        finally:
+            browser.close()
+
+
+def tile_state(page) -> list[tuple[int, str]]:
+    """(data-id, data-label) of every rendered tile, in grid order."""
+    return page.eval_on_selector_all(
+        ".cb-tile", "els => els.map(e => [Number(e.dataset.id), e.dataset.label])")
+
+
+def stats_count(page) -> int | None:
+    value = page.eval_on_selector_all(".cb-stats[data-count]", "els => els.map(e => e.dataset.count)")
+    return int(value[-1]) if value else None
