@@ -24,7 +24,7 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 PORT ?= 8866
 demo: setup
 	@echo "clipbranches dashboard: open http://127.0.0.1:$(PORT)/ in your browser (Ctrl-C stops it)"
-	$(VENV)/bin/voila --no-browser --port=$(PORT) --Voila.ip=127.0.0.1 notebooks/dashboard.ipynb
+	$(VENV)/bin/voila --no-browser --port=$(PORT) --Voila.ip=127.0.0.1 --preheat_kernel=True notebooks/dashboard.ipynb
 
 # The engine alone, in the terminal (no catalog, no browser).
 engine-demo: setup

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,13 +29,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def voila_command(notebook: Path, port: int, preheat: bool = True) -> list[str]:
+    """The Voilà command line of ``make demo``. With ``preheat`` Voilà keeps one kernel that has
+    already run the notebook (imports, catalog, warm-up) ready for the next visitor."""
+    voila = Path(sys.executable).with_name("voila")
+    cmd = [str(voila), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"]
+    if preheat:
+        cmd.append("--preheat_kernel=True")
+    return cmd + [str(notebook)]
+
+
 @contextmanager
 def voila_server(notebook: Path = DASHBOARD, env: dict | None = None, log_path: Path | None = None,
-                 timeout: float = 90.0):
+                 timeout: float = 90.0, preheat: bool = True):
     """Yield the URL of a Voilà server rendering ``notebook``; stop it afterwards by PID."""
     port = free_port()
-    voila = Path(sys.executable).with_name("voila")
-    cmd = [str(voila), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", str(notebook)]
+    cmd = voila_command(notebook, port, preheat)
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
@@ -47,8 +55,8 @@ def voila_server(notebook: Path = DASHBOARD, env: dict | None = None, log_path: 
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"voila exited with code {proc.returncode} (see {log_path})")
-            try:
-                urllib.request.urlopen(url + "api/kernelspecs", timeout=2).close()
+            try:  # a TCP connect only: a GET of the page would already start a kernel
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:

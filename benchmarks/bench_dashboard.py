@@ -1,0 +1,82 @@
+"""Dashboard timings in a real browser, on the default catalog (issue 5's targets).
+
+Runs the real-browser test (tests/test_dashboard_browser.py: Voilà + Debian's Chromium via
+Playwright) ``--runs`` times, each with a fresh Voilà server and kernel, and records
+
+Voilà runs as ``make demo`` runs it, with a preheated kernel (``--preheat_kernel=True``): the page is
+opened ``--preheat-wait`` seconds after the server starts, as a visitor of a running server would.
+
+* page open -> the app's query box (``page_to_app_s``),
+* page open -> the first grid painted: the app is ready, "a red star" is typed and searched, and 60
+  tiles are in the DOM and two animation frames have passed (``page_to_first_grid_s``),
+* Fine-tune click -> the result count shown and the first page of tiles painted, for Decision
+  branches after the warm-up (``refine_click_to_painted_s``).
+
+Targets: first grid <= 5 s, fine-tune to painted <= 1 s. The last run's screenshot becomes
+docs/dashboard.png (the README's picture).
+
+    .venv/bin/python benchmarks/bench_dashboard.py --runs 3     # about 1 minute
+Writes benchmarks/results/dashboard.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_engine import machine  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+TARGETS = {"page_to_first_grid_s": 5.0, "refine_click_to_painted_s": 1.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--preheat-wait", type=float, default=30.0,
+                    help="seconds between server start and page open (the preheated kernel gets ready)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "CB_BROWSER_RECORD": tmp, "CB_REQUIRE_BROWSER": "1", "HF_HUB_OFFLINE": "1",
+               "CB_BROWSER_PREHEAT_WAIT": str(args.preheat_wait)}
+        for _ in range(args.runs):
+            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            str(ROOT / "tests" / "test_dashboard_browser.py")], cwd=ROOT, env=env, check=True)
+        runs = [json.loads(line) for line in open(Path(tmp) / "dashboard_timings.jsonl")]
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copy(Path(tmp) / "dashboard.png", ROOT / "docs" / "dashboard.png")
+    keys = ["page_to_app_s", "page_to_first_grid_s", "refine_click_to_painted_s"]
+    summary = {k: {"median": float(np.median([r[k] for r in runs])), "max": float(max(r[k] for r in runs))}
+               for k in keys}
+    out = {"machine": machine(), "runs": runs, "summary": summary, "targets": TARGETS}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "dashboard.json").write_text(json.dumps(out, indent=1))
+    m = out["machine"]
+    lines = ["# Dashboard in a real browser", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['date']}. "
+             f"Headless Debian Chromium via Playwright, Voilà on 127.0.0.1, default catalog "
+             f"data/demo (50,000 items), {len(runs)} runs, each a fresh server with a preheated kernel "
+             f"(page opened {runs[0].get('preheat_wait_s', 0):.0f} s after the server started).", "",
+             "| measure | median (s) | max (s) | target (s) | met |", "|---|---|---|---|---|"]
+    for k in keys:
+        t = TARGETS.get(k)
+        met = "" if t is None else ("yes" if summary[k]["median"] <= t else "**no**")
+        lines.append(f"| {k} | {summary[k]['median']:.2f} | {summary[k]['max']:.2f} | "
+                     f"{'' if t is None else t} | {met} |")
+    lines += ["", "Re-run: `.venv/bin/python benchmarks/bench_dashboard.py --runs 3`."]
+    (RESULTS / "dashboard.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
