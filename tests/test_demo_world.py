@@ -266,3 +266,15 @@ def test_items_schema():
     assert [(o["shape"], o["color"], o["size"]) for o in row["objects"]] == \
         [(o["shape"], o["color"], o["size"]) for o in meta["objects"]]
     assert np.allclose([o["x"] for o in row["objects"]], [o["x"] for o in meta["objects"]], atol=1e-6)
+
+
+def test_objects_per_image_accepts_json_style_keys():
+    from clipbranches_widgets.demo import ShapesWorld
+
+    w = ShapesWorld(seed=2, objects_per_image={"1": 0.5, "3": 0.5})
+    assert w.objects_per_image == {1: 0.5, 3: 0.5}
+    assert {len(w.metadata(i)["objects"]) for i in range(60)} <= {1, 3}
+    import pytest
+
+    with pytest.raises(ValueError, match="objects_per_image"):
+        ShapesWorld(objects_per_image=[1, 2])

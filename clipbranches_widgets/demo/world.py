@@ -62,6 +62,11 @@ class ShapesWorld:
                  image_size: int = 64, supersample: int = 1):
         if objects_per_image is None:
             objects_per_image = {1: 1.0}
+        try:  # keys may be strings (JSON, the CLI's --objects)
+            objects_per_image = {int(k): float(v) for k, v in objects_per_image.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"objects_per_image must map counts >= 1 to probabilities, got "
+                             f"{objects_per_image!r}") from None
         counts = sorted(int(k) for k in objects_per_image)
         probs = np.array([float(objects_per_image[k]) for k in counts])
         if not counts or counts[0] < 1 or probs.min() < 0 or probs.sum() <= 0:
