@@ -122,22 +122,15 @@ class ImageGrid(anywidget.AnyWidget):
 
     # -- validation: runs for Python assignments and for edits from the front end alike --
 
-    @traitlets.validate("page_size")
-    def _valid_page_size(self, proposal):
-        if proposal.value < 1:
-            raise ValueError(f"page_size must be at least 1, got {proposal.value}")
-        return proposal.value
+    # smallest allowed value of each layout trait (a tile under 16 px shows nothing useful)
+    _MINIMA = {"page_size": 1, "columns": 1, "tile_size": 16}
 
-    @traitlets.validate("columns")
-    def _valid_columns(self, proposal):
-        if proposal.value < 1:
-            raise ValueError(f"columns must be at least 1, got {proposal.value}")
-        return proposal.value
-
-    @traitlets.validate("tile_size")
-    def _valid_tile_size(self, proposal):
-        if proposal.value < 16:
-            raise ValueError(f"tile_size must be at least 16 pixels, got {proposal.value}")
+    @traitlets.validate("page_size", "columns", "tile_size")
+    def _valid_minimum(self, proposal):
+        name, minimum = proposal.trait.name, self._MINIMA[proposal.trait.name]
+        if proposal.value < minimum:
+            unit = " pixels" if name == "tile_size" else ""
+            raise ValueError(f"{name} must be at least {minimum}{unit}, got {proposal.value}")
         return proposal.value
 
     @traitlets.validate("shown")
