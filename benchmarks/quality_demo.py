@@ -317,7 +317,7 @@ def plots(res, stem: Path):
         a2.set_ylim(0, 1.05)
         a2.set_title("colour+shape concepts")
         fig.tight_layout()
-        files["text_search"] = stem.parent / "quality_text_search.png"
+        files["text_search"] = stem.parent / f"{stem.name}_text_search.png"
         fig.savefig(files["text_search"], dpi=120)
         plt.close(fig)
     ft = res.get("finetune")
@@ -336,7 +336,7 @@ def plots(res, stem: Path):
         axes[0].set_ylabel("mean F1 over the catalog")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        files["finetune"] = stem.parent / "quality_finetune.png"
+        files["finetune"] = stem.parent / f"{stem.name}_finetune.png"
         fig.savefig(files["finetune"], dpi=120)
         plt.close(fig)
     f3 = res.get("figure3")
@@ -352,7 +352,7 @@ def plots(res, stem: Path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        files["figure3"] = stem.parent / "quality_figure3.png"
+        files["figure3"] = stem.parent / f"{stem.name}_figure3.png"
         fig.savefig(files["figure3"], dpi=120)
         plt.close(fig)
     return {k: str(v) for k, v in files.items()}
@@ -362,7 +362,7 @@ def yes(b) -> str:
     return "**met**" if b else "**not met**"
 
 
-def markdown(res) -> str:
+def markdown(res, stem: Path) -> str:
     m = res["machine"]
     L = [f"# Demo-world quality report ({res['catalog']})", "",
          f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; {m['date']}; commit {m['commit']}. "
@@ -394,7 +394,7 @@ def markdown(res) -> str:
             L.append(f"| {k} | {len(v['per_concept'])} | {v['mean']:.3f} | {v['min']:.3f} | {v['prevalence']:.4f} |")
         L += ["", f"- colour+shape mean P@60 >= 0.9: {yes(ts['colour+shape']['mean'] >= 0.9)}", "",
               "Per concept (colour+shape): " + ", ".join(f"{t[2:]} {v:.2f}" for t, v in ts["colour+shape"]["per_concept"].items()),
-              "", "![text search](quality_text_search.png)", ""]
+              "", f"![text search]({stem.name}_text_search.png)", ""]
     ft = res.get("finetune")
     if ft:
         L += ["## 3. Fine-tuning F1 (`SearchSession`)", "",
@@ -408,7 +408,7 @@ def markdown(res) -> str:
                      + f" | {ft['refine_s_mean'][mname]:.2f} |")
         L += [""] + [f"- {k}: {yes(v)}" for k, v in ft.get("targets", {}).items()]
         L += ["- prototype (shared/DEMO-WORLD.md): random forest 0.67 (plain negatives) to 0.87 (filtered + balanced).",
-              "", "![fine-tuning](quality_finetune.png)", ""]
+              "", f"![fine-tuning]({stem.name}_finetune.png)", ""]
     f3 = res.get("figure3")
     if f3:
         L += ["## 4. Figure 3 on demo concepts (`figure3_digits.run`, class = colour+shape)", "",
@@ -419,7 +419,7 @@ def markdown(res) -> str:
         for mname, c in f3["f1"].items():
             L.append(f"| {mname} | " + " | ".join(f"{v:.3f}" for v in c) + f" | {f3['first_p_beating_nn'].get(mname, '-')} |")
         L += [""] + [f"- {k}: {yes(v)}" for k, v in f3["targets"].items()]
-        L += ["- the paper (CLIP features): branches 22, ensemble 8.", "", "![figure 3](quality_figure3.png)", ""]
+        L += ["- the paper (CLIP features): branches 22, ensemble 8.", "", f"![figure 3]({stem.name}_figure3.png)", ""]
     L += ["## Times (s)", "", "| step | seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in res["timings"].items()]
     return "\n".join(L) + "\n"
 
@@ -480,7 +480,7 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     res["plots"] = plots(res, args.out)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    md = markdown(res)
+    md = markdown(res, args.out)
     args.out.with_suffix(".md").write_text(md)
     print(md)
 

@@ -305,3 +305,21 @@ def test_dashboard_notebook_runs(tiny_catalog_path, tmp_path, monkeypatch):
     state = json.dumps(nb.metadata.get("widgets", {}))
     assert "cb-app" in state and "cb-stats" in state
     assert "No catalog at" not in state and "cb-error\\\">" not in state
+
+
+def test_default_app_offers_every_catalog_next_to_the_default(monkeypatch, tmp_path, tiny_catalog_path):
+    """Without CB_CATALOG the selector lists data/demo first, then its sibling catalogs."""
+    import shutil
+
+    import clipbranches_widgets.build as build
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("demo", "demo-multi"):
+        shutil.copytree(tiny_catalog_path, root / name)
+    (root / "not-a-catalog").mkdir()
+    monkeypatch.delenv("CB_CATALOG", raising=False)
+    monkeypatch.setattr(build, "DEFAULT_CATALOG", root / "demo")
+    app = SearchApp.default(warm_up=False)
+    assert app.catalog_select.options == ("demo", "demo-multi")
+    assert app.catalog.path == root / "demo"

@@ -89,7 +89,7 @@ def default_app(**kwargs) -> "SearchApp":
 
     A missing or broken catalog does not raise: the app shows the error and how to build it.
     """
-    return SearchApp(None, **kwargs)
+    return SearchApp.default(**kwargs)
 
 
 def _data_link(text: str, filename: str, mime: str) -> str:
@@ -165,8 +165,18 @@ class SearchApp(widgets.VBox):
 
     @classmethod
     def default(cls, **kwargs) -> "SearchApp":
-        """The app on the default catalog (``$CB_CATALOG`` or ``data/demo``); see :func:`default_app`."""
-        return cls(None, **kwargs)
+        """The app on the default catalog (``$CB_CATALOG`` or ``data/demo``); see :func:`default_app`.
+
+        Without ``$CB_CATALOG``, every other catalog folder next to ``data/demo`` (e.g. the
+        multi-object ``data/demo-multi``) is offered in the catalog selector too, ``demo`` first.
+        """
+        if os.environ.get("CB_CATALOG", "").strip():
+            return cls(None, **kwargs)
+        default = default_catalog_path()
+        others = sorted(p.parent for p in default.parent.glob("*/manifest.json") if p.parent != default)
+        if not others:
+            return cls(None, **kwargs)
+        return cls(catalogs={default.name: default, **{p.name: p for p in others}}, **kwargs)
 
     @staticmethod
     def _source_name(source) -> str:
