@@ -11,6 +11,7 @@ Without Chromium the test is skipped, except when ``CB_REQUIRE_BROWSER=1`` (set 
 where it fails: CI must never pass without running it.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -132,6 +133,19 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
         timings["ensemble_count"], timings["branches_count"] = stats_count(page), old
 
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=False)
+
+        # export: a real download of the CSV with every positive of the last round
+        page.click(".cb-export-csv")
+        link = page.wait_for_selector("a.cb-download", timeout=TIMEOUT_MS)
+        with page.expect_download(timeout=TIMEOUT_MS) as dl:
+            link.click()
+        csv_path = tmp_path / dl.value.suggested_filename
+        dl.value.save_as(csv_path)
+        rows = list(csv.DictReader(open(csv_path, newline="")))
+        assert len(rows) == stats_count(page) and rows[0].keys() >= {"id", "caption", "score"}
+        ids = [int(r["id"]) for r in rows]
+        assert len(set(ids)) == len(ids) and 0 <= min(ids) and max(ids) < catalog.n_items
+        assert ids[:len(tile_state(page))] == [i for i, _ in tile_state(page)]  # same ranking as shown
 
         # an empty query shows a visible error, not a traceback
         page.fill(".cb-query input", "   ")
