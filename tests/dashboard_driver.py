@@ -29,6 +29,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_port(proc, port: int, timeout: float, log_path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} (see {log_path})")
+        try:  # a TCP connect only: a GET of a Voila page would already start a kernel
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing answered on 127.0.0.1:{port} within {timeout:.0f} s")
+            time.sleep(0.3)
+
+
+def _stop(proc) -> None:
+    """Stop a server started with start_new_session=True: its whole process group (kernels too)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def voila_command(notebook: Path, port: int, preheat: bool = True) -> list[str]:
     """The Voilà command line of ``make demo``. With ``preheat`` Voilà keeps one kernel that has
     already run the notebook (imports, catalog, warm-up) ready for the next visitor."""
@@ -51,27 +77,10 @@ def voila_server(notebook: Path = DASHBOARD, env: dict | None = None, log_path: 
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"voila exited with code {proc.returncode} (see {log_path})")
-            try:  # a TCP connect only: a GET of the page would already start a kernel
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"voila did not answer on {url} within {timeout:.0f} s")
-                time.sleep(0.3)
+        _wait_for_port(proc, port, timeout, log_path)
         yield url
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _stop(proc)
         if log_path:
             log.close()
 
@@ -103,3 +112,26 @@ def tile_state(page) -> list[tuple[int, str]]:
 def stats_count(page) -> int | None:
     value = page.eval_on_selector_all(".cb-stats[data-count]", "els => els.map(e => e.dataset.count)")
     return int(value[-1]) if value else None
+
+
+@contextmanager
+def jupyterlab_server(root_dir: Path, log_path: Path | None = None, timeout: float = 90.0):
+    """Yield the base URL of a JupyterLab server (127.0.0.1, no token) serving ``root_dir``."""
+    port = free_port()
+    jupyter = Path(sys.executable).with_name("jupyter")
+    cmd = [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+           "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+           f"--ServerApp.root_dir={root_dir}", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "getuid") and os.getuid() == 0:  # CI containers often run as root
+        cmd.append("--allow-root")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=root_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait_for_port(proc, port, timeout, log_path)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        _stop(proc)
+        if log_path:
+            log.close()
