@@ -185,9 +185,10 @@ def build_demo_catalog(path=DEFAULT_CATALOG, *, n_items: int = 50_000, seed: int
             encoder.save_local_dir(save_model)
         timings["train_clip_s"] = time.perf_counter() - t0
     elif isinstance(encoder, (str, Path)):
-        from .encoders import load_encoder
+        from .encoders import DEMO_MODEL_NAME, load_encoder
 
         encoder = load_encoder("local-dir:" + str(encoder), device="cpu")
+        encoder.name = DEMO_MODEL_NAME  # the demo CLIP, whichever folder it was read from
 
     t = time.perf_counter()
     features = embed_world(encoder, world, n_items, n_jobs=n_jobs, progress=progress)

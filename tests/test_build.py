@@ -122,6 +122,7 @@ def test_cli_builds_demo_catalog_from_saved_encoder_and_searches(tiny_catalog_pa
     assert rc == 0
     cat = open_catalog(out)
     assert cat.n_items == 400 and cat.manifest["encoder"]["reducer"] == "pca"
+    assert cat.manifest["encoder"]["name"] == "cb-shapes-rn16"  # not the folder it came from
     assert cat.manifest["quantizer"]["kind"] == "per_dim"
     assert cat.manifest["extra"]["demo_world"]["seed"] == 777
     capsys.readouterr()
