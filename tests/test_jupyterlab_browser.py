@@ -27,12 +27,28 @@ def test_search_app_works_inline_in_jupyterlab(tmp_path):
     with jupyterlab_server(root, log_path=tmp_path / "lab.log") as url, chromium_page() as page:
         page.goto(url + "lab/tree/app.ipynb", timeout=TIMEOUT_MS)
         page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=TIMEOUT_MS)
-        # wait until the kernel is connected, then run the cell with Shift+Enter
+        # Run the cell (Ctrl+Enter) once the kernel is connected. Lab can report "idle" a moment
+        # before the kernel's websocket is up, and a cell run then is dropped without a prompt
+        # number, so check that it started ([*] or [1]) and try again if not.
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                                state="attached", timeout=TIMEOUT_MS)
-        page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()  # re-queried: lab re-renders
-        page.keyboard.press("Shift+Enter")
-        page.wait_for_selector(".cb-app .cb-query input", timeout=TIMEOUT_MS)
+        started = ("() => { const p = document.querySelector('.jp-Notebook .jp-Cell .jp-InputPrompt');"
+                   " return p !== null && /\\[[*0-9]+\\]/.test(p.textContent); }")
+        for _attempt in range(5):
+            page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()  # re-queried: lab re-renders
+            page.keyboard.press("Control+Enter")  # run in place (no new cell)
+            try:
+                page.wait_for_function(started, timeout=5000)
+                break
+            except Exception:
+                continue
+        try:
+            page.wait_for_selector(".cb-app .cb-query input", timeout=TIMEOUT_MS)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "jupyterlab-failed.png"))
+            raise AssertionError("the app did not appear in JupyterLab; see "
+                                 f"{tmp_path / 'jupyterlab-failed.png'} and {tmp_path / 'lab.log'}:\n"
+                                 + (tmp_path / "lab.log").read_text()[-3000:]) from None
         page.fill(".cb-query input", "a blue ring")
         page.click(".cb-search")
         _wait_tiles(page, 60, int(expected[0]))
