@@ -381,8 +381,12 @@ class SearchSession:
         return self.catalog.manifest["files"]["codes.npy"]["sha256"]
 
     def save(self, path) -> None:
-        """Write the session (catalog path + codes hash, labels, history, current query, RNG
-        state) to ``path`` as JSON, atomically. The undo stack and results are not saved."""
+        """Write :meth:`to_json` to ``path``, atomically."""
+        atomic_write_text(path, self.to_json())
+
+    def to_json(self) -> str:
+        """The session (catalog path + codes hash, labels, history, current query, RNG state) as
+        JSON text, what :meth:`save` writes. The undo stack and results are not included."""
         with self._lock:
             state = {
                 "format": SESSION_FORMAT, "version": SESSION_VERSION,
@@ -393,8 +397,7 @@ class SearchSession:
                 "query_vector": None if self._query_vector is None else self._query_vector[0].tolist(),
                 "rng_state": self._rng.bit_generator.state,
             }
-            text = json.dumps(state, indent=1)
-        atomic_write_text(path, text)
+            return json.dumps(state, indent=1)
 
     @classmethod
     def load(cls, path, catalog) -> "SearchSession":
@@ -443,8 +446,12 @@ class SearchSession:
         return session
 
     def export(self, path, format: str = "csv") -> None:
-        """Write the last refine result (or the last query's items, if no refine followed it) to
-        ``path`` atomically: one row per item, best first, with id, source, caption and score.
+        """Write :meth:`export_text` to ``path``, atomically."""
+        atomic_write_text(path, self.export_text(format))
+
+    def export_text(self, format: str = "csv") -> str:
+        """The last refine result (or the last query's items, if no refine followed it) as text:
+        one row per item, best first, with id, source, caption and score.
 
         format: "csv" (with a header) or "json" (a list of objects). ``source`` is the catalog's
         ``source`` column where it has one, else "".
@@ -461,14 +468,12 @@ class SearchSession:
         rows = [{"id": int(i), "source": "" if src is None else str(src), "caption": "" if cap is None else str(cap),
                  "score": float(s)} for i, src, cap, s in zip(ids, sources, captions, result.scores)]
         if format == "json":
-            text = json.dumps(rows, indent=1)
-        else:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=["id", "source", "caption", "score"], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            text = buf.getvalue()
-        atomic_write_text(path, text)
+            return json.dumps(rows, indent=1)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["id", "source", "caption", "score"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
 
     # -- validation ----------------------------------------------------------------------------
 

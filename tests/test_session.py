@@ -329,3 +329,16 @@ def test_two_sessions_in_two_threads_on_one_catalog(tiny_catalog):
         assert set(labels) == set(_concept_ids(tiny_catalog, concept, 8))
         assert np.array_equal(result.ids, expected[concept].ids)
         assert np.array_equal(result.negative_ids, expected[concept].negative_ids)
+
+
+def test_text_forms_equal_the_written_files(marked, tmp_path):
+    """export_text / to_json (used by the app's download links) are exactly what the files hold."""
+    marked.refine("branches", random_state=0)
+    marked.export(tmp_path / "r.csv", format="csv")
+    marked.export(tmp_path / "r.json", format="json")
+    marked.save(tmp_path / "s.json")
+    assert marked.export_text("csv") == (tmp_path / "r.csv").read_text()
+    assert marked.export_text("json") == (tmp_path / "r.json").read_text()
+    assert marked.to_json() == (tmp_path / "s.json").read_text()
+    with pytest.raises(ValueError, match="format must be"):
+        marked.export_text("xlsx")

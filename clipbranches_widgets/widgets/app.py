@@ -31,10 +31,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -579,18 +577,11 @@ class SearchApp(widgets.VBox):
         session = self._require_session()
         if session.last_result is None:
             raise ValueError("Nothing to export yet: run a search or fine-tune first.")
-        with tempfile.TemporaryDirectory(prefix="cb-export-") as tmp:
-            path = Path(tmp) / f"results.{format}"
-            session.export(path, format=format)
-            return path.read_text(encoding="utf-8")
+        return session.export_text(format)
 
     def session_text(self) -> str:
         """The session as JSON text (exactly what ``session.save`` writes)."""
-        session = self._require_session()
-        with tempfile.TemporaryDirectory(prefix="cb-session-") as tmp:
-            path = Path(tmp) / "session.json"
-            session.save(path)
-            return path.read_text(encoding="utf-8")
+        return self._require_session().to_json()
 
     def _do_export(self, format: str) -> None:
         text = self.export_text(format)
@@ -600,7 +591,6 @@ class SearchApp(widgets.VBox):
 
     def _do_save(self) -> None:
         text = self.session_text()
-        json.loads(text)  # sanity: it is JSON
         self.download.value = _data_link(text, "clipbranches-session.json", "application/json")
         self._clear_error()
 
