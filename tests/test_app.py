@@ -323,3 +323,12 @@ def test_default_app_offers_every_catalog_next_to_the_default(monkeypatch, tmp_p
     app = SearchApp.default(warm_up=False)
     assert app.catalog_select.options == ("demo", "demo-multi")
     assert app.catalog.path == root / "demo"
+
+
+def test_more_like_this_on_a_tile_searches_by_that_item(searched):
+    app = searched
+    item = app.grid.shown_ids[4]
+    app.grid._on_front_end_message(app.grid, {"type": "similar", "id": item}, [])
+    assert app.session.query == {"type": "image", "item_id": item}
+    assert len(app.grid.shown_ids) == app.k and "data-count=\"60\"" in app.stats.value
+    assert "cb-error" not in app.error.value

@@ -147,6 +147,15 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
         assert len(set(ids)) == len(ids) and 0 <= min(ids) and max(ids) < catalog.n_items
         assert ids[:len(tile_state(page))] == [i for i, _ in tile_state(page)]  # same ranking as shown
 
+        # "more like this" on a tile (its ≈ button, shown on hover): that item's neighbours
+        item = tile_state(page)[2][0]
+        expected_similar, _ = catalog.search_image(item, k=60)
+        page.locator(".cb-tile").nth(2).hover()
+        page.locator(".cb-tile").nth(2).locator(".cb-similar").click()
+        _wait_tiles(page, 60, int(expected_similar[0]))
+        assert [i for i, _ in tile_state(page)] == expected_similar.tolist()
+        assert expected_similar[0] == item  # an item's own picture is its nearest neighbour
+
         # an empty query shows a visible error, not a traceback
         page.fill(".cb-query input", "   ")
         page.click(".cb-search")

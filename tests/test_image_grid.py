@@ -253,3 +253,31 @@ def test_esm_parses_with_node(tmp_path):
     shutil.copy(WIDGET_DIR / "image_grid.js", module)
     result = subprocess.run(["node", "--check", str(module)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_more_like_this_requests_from_the_front_end(grid):
+    """The ≈ button / "s" key send {"type": "similar", "id": ...}; only shown tiles count."""
+    asked = []
+    grid.on_similar(asked.append)
+    grid.show([7, 3, 9, 11], thumbnail=thumb, shown=2)
+    send = lambda content: grid._on_front_end_message(grid, content, [])  # noqa: E731
+    send({"type": "similar", "id": 3})
+    send({"type": "similar", "id": 9})       # not shown (page of 2): ignored
+    send({"type": "similar", "id": "3"})     # not an int: ignored
+    send({"type": "similar", "id": True})    # a bool is not an id
+    send({"type": "other", "id": 7})
+    send(["similar", 7])
+    assert asked == [3]
+    grid.disabled = True
+    send({"type": "similar", "id": 7})
+    assert asked == [3]
+    grid.disabled = False
+    grid.on_similar(asked.append, remove=True)
+    send({"type": "similar", "id": 7})
+    assert asked == [3]
+    with pytest.raises(ValueError, match="callable"):
+        grid.on_similar("not a function")
+    import clipbranches_widgets.widgets as w
+
+    js = (pathlib.Path(w.__file__).parent / "image_grid.js").read_text()
+    assert "cb-similar" in js and 'type: "similar"' in js

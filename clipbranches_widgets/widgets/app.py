@@ -4,8 +4,8 @@ Layout (after the original web app, reference section 5):
 
 - a top bar: title, catalog selector (only when several catalogs are given), "warming up…" note;
 - a query row: text box (Enter submits) and Search, "Search by image" upload (any picture),
-  and "More like this", which searches by the item most recently marked positive in the grid
-  (mark a tile ✓, click "More like this");
+  and "More like this", which searches by the item most recently marked positive in the grid;
+  each tile also has its own "more like this" (its ≈ button on hover, or the "s" key);
 - an options row: model selector, random negatives slider, negative weight slider, Fine-tune,
   Undo (reverts the last marking action);
 - an error line, a statistics panel, the :class:`ImageGrid` (with its own All ✓ / All ✗ /
@@ -244,6 +244,7 @@ class SearchApp(widgets.VBox):
         self.stats.add_class("cb-stats-area")
 
         self.grid = ImageGrid(page_size=page_size, max_thumbnails=max_thumbnails)
+        self.grid.on_similar(lambda item: self._guard(self._do_similar_tile, item))
         self.grid.on_label_change(self._on_grid_labels)
 
         self.rules = widgets.HTML('<pre class="cb-code cb-rules">n/a</pre>')
@@ -462,6 +463,10 @@ class SearchApp(widgets.VBox):
             raise ValueError("Type a query first (the search box is empty).")
         result = session.text_search(text, k=self.k)
         self._after_search(result)
+
+    def _do_similar_tile(self, item: int) -> None:
+        """The ≈ button (or "s") on a tile: search by that item's picture."""
+        self._after_search(self._require_session().image_search(int(item), k=self.k))
 
     def _do_more_like(self) -> None:
         session = self._require_session()

@@ -72,6 +72,13 @@ function render({ model, el }) {
       s.textContent = score;
       t.append(s);
     }
+    const similar = document.createElement("button");
+    similar.className = "cb-similar";
+    similar.type = "button";
+    similar.tabIndex = -1; // the tile itself is focusable; "s" does the same from the keyboard
+    similar.textContent = "\u2248";
+    similar.title = "More like this (s)";
+    t.append(similar);
     return t;
   }
 
@@ -149,9 +156,16 @@ function render({ model, el }) {
   const tileOf = (event) => event.target.closest(".cb-tile");
 
   // Delegated handlers: two listeners for the whole grid, however many tiles.
+  // "More like this" is a request to Python (a custom message), not a state change.
+  const askSimilar = (t) => {
+    if (!model.get("disabled")) model.send({ type: "similar", id: Number(t.dataset.id) });
+  };
+
   function onClick(event) {
     const t = tileOf(event);
-    if (t) setLabels([t.dataset.id], NEXT[t.dataset.label] || "pos");
+    if (!t) return;
+    if (event.target.closest(".cb-similar")) askSimilar(t);
+    else setLabels([t.dataset.id], NEXT[t.dataset.label] || "pos");
   }
 
   function onKey(event) {
@@ -163,7 +177,12 @@ function render({ model, el }) {
     else if (key === "n") label = "neg";
     else if (key === "0" || key === "backspace") label = "none";
     else if (key === " " || key === "enter") label = NEXT[t.dataset.label] || "pos";
-    else return;
+    else if (key === "s") {
+      event.preventDefault();
+      event.stopPropagation();
+      askSimilar(t);
+      return;
+    } else return;
     event.preventDefault(); // no page scroll on space, no navigation on backspace
     event.stopPropagation(); // keep JupyterLab from treating the key as a notebook shortcut
     setLabels([t.dataset.id], label);

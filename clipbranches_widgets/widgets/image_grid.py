@@ -117,8 +117,10 @@ class ImageGrid(anywidget.AnyWidget):
             raise ValueError(f"max_thumbnails must be a non-negative integer, got {max_thumbnails!r}")
         self.max_thumbnails = int(max_thumbnails)
         self._label_callbacks: list[Callable[[list[int], str], object]] = []
+        self._similar_callbacks: list[Callable[[int], object]] = []
         super().__init__(page_size=page_size, columns=columns, tile_size=tile_size,
                          disabled=disabled, **kwargs)
+        self.on_msg(self._on_front_end_message)
 
     # -- validation: runs for Python assignments and for edits from the front end alike --
 
@@ -250,6 +252,27 @@ class ImageGrid(anywidget.AnyWidget):
             self._label_callbacks.remove(callback)
         else:
             self._label_callbacks.append(callback)
+
+    def on_similar(self, callback: Callable[[int], object], remove: bool = False) -> None:
+        """Call ``callback(id)`` when the user asks for "more like this" on a tile (its ≈ button,
+        or the "s" key on a focused tile). ``remove=True`` unregisters the callback."""
+        if not callable(callback):
+            raise ValueError("callback must be callable")
+        if remove:
+            self._similar_callbacks.remove(callback)
+        else:
+            self._similar_callbacks.append(callback)
+
+    def _on_front_end_message(self, _widget, content, _buffers) -> None:
+        # Only requests about tiles that are on screen count; anything else is ignored, since a
+        # front end (or a stale page) can send any JSON.
+        if not isinstance(content, dict) or content.get("type") != "similar" or self.disabled:
+            return
+        item = content.get("id")
+        if isinstance(item, bool) or not isinstance(item, int) or item not in self.shown_ids:
+            return
+        for callback in list(self._similar_callbacks):
+            callback(item)
 
     @property
     def shown_ids(self) -> list[int]:
