@@ -50,8 +50,11 @@ def main() -> None:
         env = {**os.environ, "CB_BROWSER_RECORD": tmp, "CB_REQUIRE_BROWSER": "1", "HF_HUB_OFFLINE": "1",
                "CB_BROWSER_PREHEAT_WAIT": str(args.preheat_wait)}
         for _ in range(args.runs):
-            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            str(ROOT / "tests" / "test_dashboard_browser.py")], cwd=ROOT, env=env, check=True)
+            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                  str(ROOT / "tests" / "test_dashboard_browser.py")], cwd=ROOT, env=env,
+                                 capture_output=True, text=True)
+            if run.returncode != 0:
+                sys.exit("the browser test failed:\n" + run.stdout[-6000:] + run.stderr[-2000:])
         runs = [json.loads(line) for line in open(Path(tmp) / "dashboard_timings.jsonl")]
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copy(Path(tmp) / "dashboard.png", ROOT / "docs" / "dashboard.png")
