@@ -147,7 +147,8 @@ class Catalog:
     def __repr__(self) -> str:
         return f"Catalog({str(self.path)!r}, {self.n_items:,} items x {self.dim} dims)"
 
-    def _check_id(self, item_id) -> int:
+    def check_id(self, item_id) -> int:
+        """``item_id`` as an int, or a ValueError naming the valid range (bools are not ids)."""
         if isinstance(item_id, (bool, np.bool_)) or not isinstance(item_id, (int, np.integer)):
             raise ValueError(f"item ids are integers; got {item_id!r}")
         if not 0 <= int(item_id) < self.n_items:
@@ -176,7 +177,7 @@ class Catalog:
 
     def thumbnail(self, item_id) -> bytes:
         """JPEG bytes of one item: stored in ``thumbs.bin``, or rendered from the demo world."""
-        i = self._check_id(item_id)
+        i = self.check_id(item_id)
         if self._thumb_offsets is not None:
             start, stop = int(self._thumb_offsets[i]), int(self._thumb_offsets[i + 1])
             with open(self.path / "thumbs.bin", "rb") as f:
@@ -220,15 +221,15 @@ class Catalog:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"the text query must be a non-empty string; got {text!r}")
         query = self.query_encoder().encode_texts([text.strip()])
-        ids, scores = self.nearest().search(query, k=_check_k(k))
+        ids, scores = self.nearest().search(query, k=check_k(k))
         return ids[0], scores[0]
 
     def search_image(self, image, k: int = 60):
         """Nearest items to an image: a catalog item id (its stored code; the item itself comes
         first) or a PIL image (encoded like the catalog's images). ``(ids, scores)``, best first."""
-        k = _check_k(k)
+        k = check_k(k)
         if isinstance(image, (int, np.integer)) and not isinstance(image, (bool, np.bool_)):
-            i = self._check_id(image)
+            i = self.check_id(image)
             query = self.quantizer.dequantize(self.codes[i:i + 1])
         elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
             query = self.query_encoder().encode_images([image])
@@ -247,7 +248,7 @@ class Catalog:
 
     def search_similar(self, item_id, k: int = 60, *, include_self: bool = False):
         """"More like this": (ids, scores) of the k items nearest to item ``item_id``'s code."""
-        i = self._check_id(item_id)
+        i = self.check_id(item_id)
         query = self.quantizer.dequantize(self.codes[i:i + 1])
         ids, scores = self.nearest().search(query, k=k, exclude=None if include_self else [i])
         return ids[0], scores[0]
@@ -270,7 +271,8 @@ def _same_subsets(a, b) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def _check_k(k) -> int:
+def check_k(k) -> int:
+    """``k`` (how many results) as an int >= 1, or a ValueError."""
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be an integer >= 1; got {k!r}")
     return int(k)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_write_text
+from .catalog import check_k
 from .engine import BranchEnsemble, DecisionBranches, make_training_set
 from .engine._validation import check_random_state
 from .engine.baselines import make_baseline, scan_sklearn
@@ -156,17 +157,17 @@ class SearchSession:
         """Show the ``k`` items nearest to a text query; it becomes the current query."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"the text query must be a non-empty string; got {text!r}")
-        k = self._check_k(k)
+        k = check_k(k)
         t0 = time.perf_counter()
         vector = self.catalog.query_encoder().encode_texts([text.strip()])
         return self._show({"type": "text", "text": text.strip()}, vector, k, time.perf_counter() - t0)
 
     def image_search(self, image_or_item_id, k: int = 60) -> QueryResult:
         """Show the ``k`` items nearest to a catalog item (by id: its stored code) or a PIL image."""
-        k = self._check_k(k)
+        k = check_k(k)
         t0 = time.perf_counter()
         if _is_int(image_or_item_id):
-            item = self._check_id(image_or_item_id)
+            item = self.catalog.check_id(image_or_item_id)
             # the item's stored code, as the catalog's own "search by image" uses
             vector = self.catalog.quantizer.dequantize(self.catalog.codes[item:item + 1])
             query = {"type": "image", "item_id": item}
@@ -204,7 +205,7 @@ class SearchSession:
         """
         if label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}; got {label!r}")
-        id_list = [self._check_id(i) for i in ([ids] if _is_int(ids) else self._as_id_list(ids))]
+        id_list = [self.catalog.check_id(i) for i in ([ids] if _is_int(ids) else self._as_id_list(ids))]
         with self._lock:
             before = {}
             for i in id_list:
@@ -427,7 +428,7 @@ class SearchSession:
             for key, value in state["labels"].items():
                 if value not in ("pos", "neg"):
                     raise ValueError(f"session file {path} has an invalid label {value!r} for item {key}")
-                session._labels[session._check_id(int(key))] = value
+                session._labels[session.catalog.check_id(int(key))] = value
             session._history = list(state["history"])
             session._query = state["query"]
             if state["query_vector"] is not None:
@@ -477,13 +478,6 @@ class SearchSession:
 
     # -- validation ----------------------------------------------------------------------------
 
-    def _check_id(self, item_id) -> int:
-        if not _is_int(item_id):
-            raise ValueError(f"item ids are integers; got {item_id!r}")
-        if not 0 <= int(item_id) < self.catalog.n_items:
-            raise ValueError(f"unknown item id {item_id}: this catalog has ids 0..{self.catalog.n_items - 1}")
-        return int(item_id)
-
     @staticmethod
     def _as_id_list(ids) -> list:
         try:
@@ -492,9 +486,3 @@ class SearchSession:
             return list(ids)
         except TypeError:  # not iterable (a float, None, a 0-d array) or a string
             raise ValueError(f"ids must be an item id or a list of item ids; got {ids!r}") from None
-
-    @staticmethod
-    def _check_k(k) -> int:
-        if not _is_int(k) or k < 1:
-            raise ValueError(f"k must be an integer >= 1; got {k!r}")
-        return int(k)

@@ -37,6 +37,16 @@ def _check_id(value: object) -> int:
     return int(value)
 
 
+def _register(callbacks: list, callback, remove: bool) -> None:
+    """Add ``callback`` to (or with ``remove``, take it out of) a list of callbacks."""
+    if not callable(callback):
+        raise ValueError("callback must be callable")
+    if remove:
+        callbacks.remove(callback)
+    else:
+        callbacks.append(callback)
+
+
 def _check_ids(ids: object) -> list[int]:
     """A single id or an iterable of ids, as a list of ints."""
     if isinstance(ids, (str, bytes)):
@@ -246,22 +256,12 @@ class ImageGrid(anywidget.AnyWidget):
         "none"); one change that moves ids to different labels makes one call per label.
         ``remove=True`` unregisters the callback.
         """
-        if not callable(callback):
-            raise ValueError("callback must be callable")
-        if remove:
-            self._label_callbacks.remove(callback)
-        else:
-            self._label_callbacks.append(callback)
+        _register(self._label_callbacks, callback, remove)
 
     def on_similar(self, callback: Callable[[int], object], remove: bool = False) -> None:
         """Call ``callback(id)`` when the user asks for "more like this" on a tile (its ≈ button,
         or the "s" key on a focused tile). ``remove=True`` unregisters the callback."""
-        if not callable(callback):
-            raise ValueError("callback must be callable")
-        if remove:
-            self._similar_callbacks.remove(callback)
-        else:
-            self._similar_callbacks.append(callback)
+        _register(self._similar_callbacks, callback, remove)
 
     def _on_front_end_message(self, _widget, content, _buffers) -> None:
         # Only requests about tiles that are on screen count; anything else is ignored, since a
