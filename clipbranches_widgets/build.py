@@ -73,20 +73,15 @@ def embed_images(encoder, paths, *, batch_size: int = 64, progress: bool = True)
     return out
 
 
-def caption_pairs(encoder, world, n: int, *, start: int = 0, image_features=None,
-                  random_state: int = 0, n_jobs: int = 2, progress: bool = True):
-    """(image features, text features) of ``n`` world images with one fresh rich caption each.
-
-    ``image_features`` (already computed for those images) skips the image encoding.
-    """
+def caption_pairs(encoder, world, n: int, *, start: int = 0, random_state: int = 0,
+                  n_jobs: int = 2, progress: bool = True):
+    """(image features, text features) of ``n`` world images with one fresh rich caption each."""
     from .demo import rich_caption
 
     rng = np.random.default_rng(random_state)
-    if image_features is None:
-        image_features = embed_world(encoder, world, n, start=start, n_jobs=n_jobs, progress=progress)
+    image_features = embed_world(encoder, world, n, start=start, n_jobs=n_jobs, progress=progress)
     captions = [rich_caption(world.metadata(start + i), rng) for i in range(int(n))]
-    text_features = encoder.encode_texts(captions, progress=progress)
-    return np.asarray(image_features[:n], np.float32), text_features
+    return image_features, encoder.encode_texts(captions, progress=progress)
 
 
 def fit_reducer(kind: str, image_features, text_features=None, *, out_dim: int = 32,
