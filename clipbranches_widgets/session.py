@@ -2,8 +2,12 @@
 
 The session is the notebook-facing state machine behind the widgets (reference section 5): a text
 or picture query shows its nearest items; the user marks items positive or negative (marks persist
-across queries and rounds, and can be undone); ``refine`` trains a decision-branch model (or a
-scikit-learn baseline) on the marks plus random negatives and answers it over the WHOLE catalog.
+across queries and rounds, and can be undone); ``refine`` trains a model on the marks plus random negatives and answers it over the WHOLE
+catalog: by default the family (decision branches, their ensemble, or a linear model) whose
+estimated F1 on the user's own marks is best, with an estimate of the answer's precision and
+recall. ``suggest`` picks what to mark next: half confirms the answer, half explores outside it,
+every item drawn at random with a known probability so that the marks measure the answer
+(:mod:`clipbranches_widgets.exploration`).
 
 Random negatives follow the engine's fixed sampling (reference section 7.3): drawn afresh from the
 whole catalog per request with a local, seeded generator, never from labelled items nor (by
@@ -15,8 +19,10 @@ default) from the current query's top neighbourhood, where unlabelled positives 
     session = SearchSession(open_catalog("catalogs/demo"), random_state=0)
     hits = session.text_search("a red star")
     session.label(hits.ids[:10], "pos")
-    result = session.refine("branches")
-    print(result.count, result.sql)
+    result = session.refine()                 # "auto": the best family for these marks
+    print(result.count, result.model_name, result.estimate["precision"], result.estimate["recall"])
+    page = session.suggest(60)                # what to mark next
+
 
 Importing this module does not import torch or ipywidgets; the catalog loads its encoder on the
 first text or picture query.
@@ -40,16 +46,26 @@ from .catalog import check_k
 from .engine import BranchEnsemble, DecisionBranches, make_training_set
 from .engine._validation import check_random_state
 from .engine.baselines import make_baseline, scan_sklearn
+from .engine.linear import LinearCodes
+from .engine.selection import held_out_membership
+from .exploration import Page, design_weights, estimate_quality, inclusion_probabilities, neighbourhood_size, \
+    systematic_sample
 
 __all__ = ["SearchSession", "QueryResult", "RefineResult", "MODELS", "LABELS"]
 
-#: model names accepted by :meth:`SearchSession.refine` (the original's db, ens, dtree, rf)
-MODELS = ("branches", "ensemble", "tree", "forest")
+#: model names accepted by :meth:`SearchSession.refine`: "auto" (the default) picks one of
+#: AUTO_FAMILIES per refine; the others are the original's db, ens, dtree, rf plus a linear model
+MODELS = ("auto", "branches", "ensemble", "linear", "tree", "forest")
+#: the families "auto" chooses among, in order of preference on a tie
+AUTO_FAMILIES = ("ensemble", "linear", "branches")
+#: folds of the cross-validation behind estimates and the automatic choice
+CV_FOLDS = 4
 #: label names accepted by :meth:`SearchSession.label`
 LABELS = ("pos", "neg", "none")
 
 SESSION_FORMAT = "clipbranches.session"
-SESSION_VERSION = 1
+SESSION_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1: before suggestion pages
 # bit generators a saved random state may name (restored by name, so it must be one of numpy's)
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 
@@ -59,13 +75,18 @@ class QueryResult:
     """The items a query shows: ``ids`` (int64, best first) and ``scores`` (cosine similarity).
 
     query: ``{"type": "text", "text": ...}`` or ``{"type": "image", "item_id": id or None}`` (None
-    for a picture that is not a catalog item). timings: seconds for ``encode`` and ``nn``.
+    for a picture that is not a catalog item), or ``{"type": "suggest", ...}`` for
+    :meth:`SearchSession.suggest`. timings: seconds for ``encode`` and ``nn``.
+    For suggestions, ``scores`` are the probabilities each item had of being drawn and
+    ``in_answer`` says which items the current answer holds (to confirm) and which it does not
+    (explored: did it miss them?); None for plain searches.
     """
 
     ids: np.ndarray
     scores: np.ndarray
     query: dict
     timings: dict = field(default_factory=dict)
+    in_answer: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -85,7 +106,11 @@ class RefineResult:
     ``apply`` and ``total``. n_positives / n_negatives: user marks used. negative_ids: the random
     negatives actually drawn (sorted); n_random_negatives: how many; negatives_source: where they
     came from, in words; n_excluded_neighbours: how many top neighbours of the query were barred.
-    random_state: the integer seed that reproduces this round.
+    random_state: the integer seed that reproduces this round. requested_model: what was asked
+    ("auto" or a family). estimate: the answer's estimated quality (``precision``, ``recall``,
+    ``f1`` in [0, 1], ``positives``, ``method`` in words; see
+    :func:`~clipbranches_widgets.exploration.estimate_quality`). selection: per family tried, its
+    estimated precision / recall / f1, and ``reason``: why ``model_name`` was chosen.
     """
 
     ids: np.ndarray
@@ -103,6 +128,9 @@ class RefineResult:
     negatives_source: str
     n_excluded_neighbours: int
     random_state: int
+    requested_model: str = ""
+    estimate: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -146,6 +174,7 @@ class SearchSession:
         self._query_vector: np.ndarray | None = None  # its embedding, (1, d) float32
         self._last_search: QueryResult | None = None
         self._last_refine: RefineResult | None = None
+        self._pages: list[Page] = []  # suggestion pages shown, the samples behind the estimates
 
     def __repr__(self) -> str:
         return (f"SearchSession({self.catalog!r}, {len(self.positives)} positive, {len(self.negatives)} negative, "
@@ -253,14 +282,17 @@ class SearchSession:
 
     # -- refine --------------------------------------------------------------------------------
 
-    def refine(self, model: str = "branches", *, n_random_negatives: int = 500, negative_weight: float = 1,
+    def refine(self, model: str = "auto", *, n_random_negatives: int = 500, negative_weight: float = 1,
                random_state=None, exclude_top: int = 2000) -> RefineResult:
-        """Train ``model`` on the marks and return every catalog item it calls positive.
+        """Train a model on the marks and return every catalog item it calls positive.
 
         Parameters
         ----------
-        model : "branches" (DecisionBranches), "ensemble" (BranchEnsemble), "tree" or "forest"
-            (scikit-learn baselines); all with the engine's default parameters.
+        model : "auto" (default), "branches" (DecisionBranches), "ensemble" (BranchEnsemble),
+            "linear" (LinearCodes, logistic regression on the codes), "tree" or "forest"
+            (scikit-learn baselines); all with the engine's default parameters. "auto" fits
+            ensemble, linear and branches and keeps the one with the best estimated F1 on these
+            marks (``result.selection`` says why).
         n_random_negatives : int in 0..N, default 500
             Unlabelled catalog rows drawn at random and used as negatives (fewer when fewer rows
             are eligible). 0 is allowed when some items are marked negative.
@@ -271,6 +303,9 @@ class SearchSession:
         exclude_top : int >= 0, default 2000
             Random negatives are never drawn from the current query's top ``exclude_top``
             neighbours (clipped to the catalog size; nothing is barred without a current query).
+
+        Every answer comes with ``result.estimate``: its precision and recall estimated from the
+        marks (by cross-validation, and from the suggestion pages marked so far).
         """
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
@@ -301,17 +336,12 @@ class SearchSession:
                                       random_state=rng)
             timings["sampling"] = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
             model_seed = int(rng.integers(2**31 - 1))  # sklearn takes seeds below 2**32
-            fitted = self._fit(model, train, model_seed)
-            timings["train"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            if model in ("branches", "ensemble"):
-                found = self.catalog.box_index().search(fitted)
-            else:
-                found = scan_sklearn(fitted, self.catalog.codes)
-            timings["apply"] = time.perf_counter() - t0
+            families = AUTO_FAMILIES if model == "auto" else (model,)
+            timings["train"] = timings["apply"] = timings["cv"] = 0.0
+            fits = {f: self._fit_and_apply(f, train, model_seed, timings) for f in families}
+            chosen, selection = self._choose(model, fits)
+            fitted, found, estimate = fits[chosen]
             timings["total"] = time.perf_counter() - t_start
 
             where = "random catalog rows outside the labelled ids"
@@ -320,19 +350,105 @@ class SearchSession:
                          f"and outside the labelled ids")
             random_ids = np.sort(train.ids[train.source == "random"])
             result = RefineResult(
-                ids=found.ids, scores=found.scores, model_name=model, model=fitted,
-                rules=fitted.to_rules() if model == "branches" else None,
-                sql=fitted.to_sql() if model == "branches" else None,
-                n_boxes=len(fitted.boxes) if model in ("branches", "ensemble") else None,
+                ids=found.ids, scores=found.scores, model_name=chosen, model=fitted,
+                rules=fitted.to_rules() if chosen in ("branches", "linear") else None,
+                sql=fitted.to_sql() if chosen == "branches" else None,
+                n_boxes=len(fitted.boxes) if chosen in ("branches", "ensemble") else None,
                 stats=dict(found.stats), timings=timings, n_positives=len(pos), n_negatives=len(neg),
-                negative_ids=random_ids, negatives_source=where, n_excluded_neighbours=n_top, random_state=seed)
+                negative_ids=random_ids, negatives_source=where, n_excluded_neighbours=n_top, random_state=seed,
+                requested_model=model, estimate=estimate, selection=selection)
             self._last_refine = result
             self._history.append({
                 "round": len(self._history) + 1, "query": None if self._query is None else dict(self._query),
-                "model": model, "n_pos": len(pos), "n_neg": len(neg), "n_random_negatives": result.n_random_negatives,
-                "negative_weight": float(negative_weight), "exclude_top": n_top, "random_state": seed,
-                "count": result.count, "n_boxes": result.n_boxes, "timings": dict(timings)})
+                "model": chosen, "requested_model": model, "n_pos": len(pos), "n_neg": len(neg),
+                "n_random_negatives": result.n_random_negatives, "negative_weight": float(negative_weight),
+                "exclude_top": n_top, "random_state": seed, "count": result.count, "n_boxes": result.n_boxes,
+                "estimate": {k: estimate[k] for k in ("precision", "recall", "f1")}, "timings": dict(timings)})
             return result
+
+    def _fit_and_apply(self, family: str, train, seed: int, timings: dict):
+        """Fit ``family`` on ``train``, answer it over the catalog, and estimate the answer's quality."""
+        t0 = time.perf_counter()
+        held = held_out_membership(lambda s: self._make_model(family, s), train.X, train.y, train.sample_weight,
+                                   n_splits=CV_FOLDS, random_state=seed)
+        t1 = time.perf_counter()
+        fitted = self._make_model(family, seed).fit(train.X, train.y, sample_weight=train.sample_weight)
+        t2 = time.perf_counter()
+        if family in ("branches", "ensemble"):
+            found = self.catalog.box_index().search(fitted)
+        elif family == "linear":
+            found = fitted.search(self.catalog.codes)
+        else:
+            found = scan_sklearn(fitted, self.catalog.codes)
+        t3 = time.perf_counter()
+        timings["cv"] += t1 - t0
+        timings["train"] += t2 - t1
+        timings["apply"] += t3 - t2
+        held_out = {int(i): bool(m) for i, m in zip(train.ids, held) if m >= 0 and int(i) in self._labels}
+        estimate = estimate_quality(self.catalog.n_items, found.ids, self._labels, self._pages, held_out)
+        return fitted, found, estimate
+
+    @staticmethod
+    def _choose(requested: str, fits: dict) -> tuple[str, dict]:
+        """The family to answer with, and per family its estimate plus the reason for the choice."""
+        selection = {f: {k: est[k] for k in ("precision", "recall", "f1")} for f, (_, _, est) in fits.items()}
+        if requested != "auto":
+            selection["reason"] = f"{requested} was asked for"
+            return requested, selection
+        chosen = max(fits, key=lambda f: (round(fits[f][2]["f1"], 3), -AUTO_FAMILIES.index(f)))
+        others = ", ".join(f"{f} {selection[f]['f1']:.2f}" for f in fits if f != chosen)
+        selection["reason"] = (f"{chosen}: the best estimated F1 on your marks ({selection[chosen]['f1']:.2f}; "
+                               f"{others})")
+        return chosen, selection
+
+    # -- what to mark next ---------------------------------------------------------------------
+
+    def suggest(self, k: int = 60, *, random_state=None) -> QueryResult:
+        """The ``k`` items to mark next; never an item already marked.
+
+        After a refine, half the page confirms the answer (items drawn uniformly from it) and half
+        explores outside it: mostly the current query's neighbourhood, where the answer's misses
+        are, and a little of the whole catalog. Before any refine, the whole page explores the
+        query's neighbourhood. Every item is drawn at random with a known probability
+        (``result.scores``), so once marked the page measures the answer: the next refine's
+        ``estimate`` uses it. Marking only some of the page is fine (the rest counts as missing).
+        """
+        k = check_k(k)
+        with self._lock:
+            if self._query_vector is None and self._last_refine is None:
+                raise ValueError("nothing to suggest from: run a text or picture search (or a refine) first")
+            t0 = time.perf_counter()
+            rng = np.random.default_rng(self._round_seed(random_state))
+            n = self.catalog.n_items
+            answer = self._last_refine.ids if self._last_refine is not None else np.zeros(0, np.int64)
+            neighbourhood = None
+            if self._query_vector is not None:
+                size = neighbourhood_size(n, answer.shape[0])
+                neighbourhood = self.catalog.nearest().search(self._query_vector, k=size)[0][0].astype(np.int64)
+            marked = np.fromiter(self._labels, np.int64, count=len(self._labels))
+            pi = inclusion_probabilities(design_weights(n, marked, answer, neighbourhood), k)
+            ids = systematic_sample(pi, rng)
+            in_answer = np.isin(ids, answer)
+            # confirm first, then explore; each part in the query's order where there is one
+            order = np.lexsort((ids, ~in_answer)) if neighbourhood is None else \
+                np.lexsort((self._query_rank(ids, neighbourhood), ~in_answer))
+            ids, in_answer = ids[order], in_answer[order]
+            self._pages.append(Page(ids, pi[ids]))
+            query = {"type": "suggest", "n_in_answer": int(in_answer.sum()),
+                     "n_explore": int((~in_answer).sum()), "of_query": None if self._query is None else dict(self._query)}
+            return QueryResult(ids, pi[ids], query, {"suggest": time.perf_counter() - t0}, in_answer)
+
+    @staticmethod
+    def _query_rank(ids: np.ndarray, neighbourhood: np.ndarray) -> np.ndarray:
+        """Rank of each id in the query's neighbourhood (past its end for ids outside it)."""
+        rank = {int(i): r for r, i in enumerate(neighbourhood)}
+        return np.array([rank.get(int(i), neighbourhood.shape[0]) for i in ids], np.int64)
+
+    @property
+    def pages(self) -> list[Page]:
+        """The suggestion pages shown so far (ids and the probability each had of being drawn)."""
+        with self._lock:
+            return list(self._pages)
 
     def _round_seed(self, random_state) -> int:
         """An integer seed for one round: from ``random_state`` if given, else from the session's RNG."""
@@ -354,14 +470,15 @@ class SearchSession:
         return ids, int(ids.shape[0])
 
     @staticmethod
-    def _fit(model: str, train, seed: int):
-        if model == "branches":
-            return DecisionBranches(random_state=seed).fit(train.X, train.y, sample_weight=train.sample_weight)
-        if model == "ensemble":
-            return BranchEnsemble(random_state=seed).fit(train.X, train.y, sample_weight=train.sample_weight)
-        # sklearn trees work in float32; scan_sklearn converts the catalog the same way
-        return make_baseline(model, random_state=seed).fit(train.X.astype(np.float32), train.y,
-                                                             sample_weight=train.sample_weight)
+    def _make_model(family: str, seed: int):
+        """An unfitted model of ``family`` with the engine's defaults."""
+        if family == "branches":
+            return DecisionBranches(random_state=seed)
+        if family == "ensemble":
+            return BranchEnsemble(random_state=seed)
+        if family == "linear":
+            return LinearCodes(random_state=seed)
+        return make_baseline(family, random_state=seed)
 
     @property
     def history(self) -> list[dict]:
@@ -386,8 +503,8 @@ class SearchSession:
         atomic_write_text(path, self.to_json())
 
     def to_json(self) -> str:
-        """The session (catalog path + codes hash, labels, history, current query, RNG state) as
-        JSON text, what :meth:`save` writes. The undo stack and results are not included."""
+        """The session (catalog path + codes hash, labels, history, current query, suggestion pages,
+        RNG state) as JSON text, what :meth:`save` writes. The undo stack and results are not included."""
         with self._lock:
             state = {
                 "format": SESSION_FORMAT, "version": SESSION_VERSION,
@@ -397,6 +514,7 @@ class SearchSession:
                 "query": self._query,
                 "query_vector": None if self._query_vector is None else self._query_vector[0].tolist(),
                 "rng_state": self._rng.bit_generator.state,
+                "pages": [page.to_dict() for page in self._pages],
             }
             return json.dumps(state, indent=1)
 
@@ -416,8 +534,9 @@ class SearchSession:
             raise ValueError(f"session file {path} is not valid JSON: {exc}") from None
         if not isinstance(state, dict) or state.get("format") != SESSION_FORMAT:
             raise ValueError(f"{path} is not a clipbranches session file")
-        if state.get("version") != SESSION_VERSION:
-            raise ValueError(f"{path} has session format version {state.get('version')}; this code reads {SESSION_VERSION}")
+        if state.get("version") not in _READABLE_VERSIONS:
+            raise ValueError(f"{path} has session format version {state.get('version')}; this code reads "
+                             f"{', '.join(map(str, _READABLE_VERSIONS))}")
         session = cls(catalog)
         try:
             saved = state["catalog"]
@@ -441,6 +560,10 @@ class SearchSession:
                 raise ValueError(f"session file {path} names an unknown random generator {rng_state['bit_generator']!r}")
             bit_generator = getattr(np.random, rng_state["bit_generator"])()
             bit_generator.state = rng_state
+            session._pages = [Page.from_dict(p) for p in state.get("pages", [])]
+            for page in session._pages:
+                for i in page.ids:
+                    session.catalog.check_id(int(i))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"session file {path} is incomplete or corrupt: {exc!r}") from None
         session._rng = np.random.Generator(bit_generator)

@@ -11,7 +11,7 @@ import pytest
 
 from clipbranches_widgets.catalog import write_catalog
 from clipbranches_widgets.demo import concept_mask
-from clipbranches_widgets.session import MODELS, RefineResult, SearchSession
+from clipbranches_widgets.session import AUTO_FAMILIES, MODELS, RefineResult, SearchSession
 
 
 def _concept_ids(catalog, concept, n):
@@ -87,22 +87,34 @@ def test_labels_persist_across_searches_and_undo(tiny_catalog):
 def test_refine_returns_every_catalog_positive(marked, model):
     catalog = marked.catalog
     result = marked.refine(model, random_state=1)
-    assert isinstance(result, RefineResult) and result.model_name == model
+    assert isinstance(result, RefineResult) and result.requested_model == model
+    if model == "auto":
+        assert result.model_name in AUTO_FAMILIES and set(result.selection) == {*AUTO_FAMILIES, "reason"}
+        assert result.selection["reason"].startswith(result.model_name)
+        # the chosen family has the best estimated F1 of those tried
+        assert result.selection[result.model_name]["f1"] >= max(result.selection[f]["f1"] for f in AUTO_FAMILIES) - 1e-3
+        model = result.model_name
+    else:
+        assert result.model_name == model and result.selection["reason"] == f"{model} was asked for"
     codes = np.asarray(catalog.codes)
-    if model in ("branches", "ensemble"):
+    if model in ("branches", "ensemble", "linear"):
         expected = np.flatnonzero(result.model.predict(codes))
     else:
         expected = np.flatnonzero(result.model.predict_proba(codes.astype(np.float32))[:, 1] > 0.5)
     assert np.array_equal(np.sort(result.ids), expected)
     assert result.count == len(result) == expected.size and result.scores.shape == result.ids.shape
     assert np.all(np.diff(result.scores) <= 0)  # ranked best first
-    assert set(result.timings) == {"encode", "nn", "sampling", "train", "apply", "total"}
+    assert set(result.timings) == {"encode", "nn", "sampling", "cv", "train", "apply", "total"}
+    assert set(result.estimate) >= {"precision", "recall", "f1", "method"}
+    assert 0 <= result.estimate["precision"] <= 1 and 0 <= result.estimate["recall"] <= 1
     assert all(v >= 0 for v in result.timings.values())
     assert "count" in result.stats and result.stats["count"] == result.count
     assert result.n_positives == 12 and result.n_negatives == 5
     if model == "branches":
         assert result.n_boxes == len(result.rules) == len(result.model.boxes)
         assert result.sql.startswith("SELECT id FROM items")
+    elif model == "linear":  # its rule is the weights
+        assert result.rules[0].startswith("score = ") and result.sql is None and result.n_boxes is None
     else:
         assert result.rules is None and result.sql is None
         assert (result.n_boxes is None) == (model in ("tree", "forest"))

@@ -1,0 +1,142 @@
+"""``LinearCodes``: a class-balanced logistic regression on the 8-bit codes, applied by one pass.
+
+Broad concepts ("a star": stars of every colour) are directions in CLIP space more than compact
+regions, so a linear model generalises from a few marks where a union of boxes stays close to the
+examples it saw (measured on the demo world: size + shape concepts after three rounds of marks,
+F1 0.96 linear vs 0.78 ensemble; narrow colour + shape concepts: 0.96 linear vs 0.99 ensemble).
+The session's automatic choice picks between the families per refine (:mod:`.selection`).
+
+The model works on centred codes ``(q - 128) / 128`` (about the unit-vector coordinates the codes
+quantize), so its weights read like a direction in the embedding space. Applying it to a catalog
+is one inner product per row, in chunks, like the fused scan: no index is needed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ._validation import check_codes, check_labels, check_random_state, check_sample_weight
+from .boxes import rank
+from .result import SearchResult
+
+
+def centred(codes: np.ndarray) -> np.ndarray:
+    """uint8 codes as float32 in about [-1, 1]: ``(q - 128) / 128``."""
+    return (np.asarray(codes, np.float32) - 128.0) / 128.0
+
+
+class LinearCodes:
+    """Logistic regression over uint8 codes: positive where ``w . x + b > 0``.
+
+    Parameters
+    ----------
+    C : float > 0, default 1.0
+        Inverse L2 regularisation strength (scikit-learn's ``LogisticRegression``).
+    class_weight : None, "balanced" or dict, default "balanced"
+        "balanced" gives both classes the same total weight, so a few marked positives are not
+        drowned by hundreds of random negatives (scikit-learn's meaning).
+    max_iter : int, default 500
+    random_state : None, int or Generator
+        Accepted for a uniform interface; the lbfgs solver is deterministic.
+
+    Attributes: coef_ (d,) float64, intercept_ float, n_features_in_.
+    """
+
+    def __init__(self, C=1.0, *, class_weight="balanced", max_iter=500, random_state=None):
+        self.C = C
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"C": self.C, "class_weight": self.class_weight, "max_iter": self.max_iter,
+                "random_state": self.random_state}
+
+    def set_params(self, **params) -> "LinearCodes":
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise ValueError(f"unknown parameter {k!r} for {type(self).__name__}")
+            setattr(self, k, v)
+        return self
+
+    def fit(self, X, y, sample_weight=None) -> "LinearCodes":
+        """Fit on uint8 codes ``X`` (n, d) and 0/1 labels ``y`` (both classes needed). Returns self."""
+        from sklearn.linear_model import LogisticRegression
+
+        if not (isinstance(self.C, (int, float, np.integer, np.floating)) and not isinstance(self.C, bool)
+                and np.isfinite(self.C) and self.C > 0):
+            raise ValueError(f"C must be a finite number > 0; got {self.C!r}")
+        X = check_codes(X)
+        y = check_labels(y, X.shape[0])
+        if y.min() == y.max():
+            raise ValueError("LinearCodes needs both positive and negative rows to fit")
+        w = check_sample_weight(sample_weight, X.shape[0])
+        check_random_state(self.random_state)  # validated for uniformity; lbfgs draws nothing
+        lr = LogisticRegression(C=float(self.C), class_weight=self.class_weight, max_iter=int(self.max_iter))
+        lr.fit(centred(X), y, sample_weight=w)
+        self.coef_ = lr.coef_[0].astype(np.float64)
+        self.intercept_ = float(lr.intercept_[0])
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "coef_"):
+            raise ValueError("this LinearCodes is not fitted yet; call fit(X, y) first")
+
+    def decision_function(self, X) -> np.ndarray:
+        """``w . x + b`` per row (float64); > 0 means positive."""
+        self._check_fitted()
+        X = check_codes(X, n_features=self.n_features_in_, allow_empty=True)
+        return centred(X) @ self.coef_.astype(np.float32) + np.float32(self.intercept_)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(n, 2) array; column 1 = the logistic probability of the positive class."""
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X).astype(np.float64)))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X) -> np.ndarray:
+        """True where the model says positive (probability > 0.5)."""
+        return self.decision_function(X) > 0
+
+    def search(self, codes, *, chunk_rows: int = 1 << 20) -> SearchResult:
+        """Every row of ``codes`` the model calls positive, ranked by probability (ties by id)."""
+        self._check_fitted()
+        codes = check_codes(codes, name="codes", n_features=self.n_features_in_, allow_empty=True)
+        t0 = time.perf_counter()
+        w = self.coef_.astype(np.float32) / np.float32(128.0)
+        # (q - 128)/128 . coef + b == q . (coef/128) + (b - sum(coef)): fold the centring into the bias
+        b = np.float32(self.intercept_ - self.coef_.sum())
+        ids, margins = [], []
+        for start in range(0, codes.shape[0], chunk_rows):
+            m = codes[start:start + chunk_rows].astype(np.float32) @ w + b
+            hit = np.flatnonzero(m > 0)
+            ids.append(hit + start)
+            margins.append(m[hit])
+        ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
+        margins = np.concatenate(margins).astype(np.float64) if margins else np.zeros(0)
+        t1 = time.perf_counter()
+        ids, scores = rank(ids, 1.0 / (1.0 + np.exp(-margins)))
+        t2 = time.perf_counter()
+        return SearchResult(ids, scores, {"method": "linear-scan", "count": int(ids.shape[0]),
+                                          "n_rows": int(codes.shape[0]), "query_s": t1 - t0, "rank_s": t2 - t1,
+                                          "total_s": t2 - t0})
+
+    def to_rules(self, feature_names=None, top: int = 8) -> list[str]:
+        """The model as readable weights: the score formula over the ``top`` heaviest dims, then the
+        rule. E.g. ``["score = +2.10 x f3 - 1.72 x f17 + ... + 0.31", "positive when score > 0"]``
+        (features are centred codes, (f - 128) / 128)."""
+        self._check_fitted()
+        names = feature_names or [f"f{i}" for i in range(self.n_features_in_)]
+        order = np.argsort(-np.abs(self.coef_), kind="stable")[:top]
+        terms = " ".join(f"{'+' if self.coef_[i] >= 0 else '-'} {abs(self.coef_[i]):.2f} x {names[i]}" for i in order)
+        rest = self.n_features_in_ - len(order)
+        more = f" + ({rest} smaller terms)" if rest > 0 else ""
+        return [f"score = {terms}{more} {'+' if self.intercept_ >= 0 else '-'} {abs(self.intercept_):.2f}",
+                "positive when score > 0 (features: centred codes (f - 128) / 128)"]
+
+    def to_dict(self) -> dict:
+        self._check_fitted()
+        return {"type": "LinearCodes", "n_features": self.n_features_in_, "coef": self.coef_.tolist(),
+                "intercept": self.intercept_}

@@ -1,0 +1,48 @@
+"""Cross-validation on a user's marks: held-out membership, the input of estimates and model choice.
+
+``held_out_membership`` answers, for every training row, "would a model trained WITHOUT this row
+call it positive?". The session turns that into an estimate of the answer's quality
+(:func:`clipbranches_widgets.exploration.estimate_quality`) and picks, per refine, the model family
+whose estimated F1 is highest. Folds are stratified so every fold trains on both classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import check_random_state
+
+
+def stratified_folds(y: np.ndarray, n_splits: int, random_state=None) -> np.ndarray:
+    """A fold number in 0..n_splits-1 per row, each class spread evenly over the folds."""
+    rng = check_random_state(random_state)
+    folds = np.empty(y.shape[0], np.int64)
+    for cls in (0, 1):
+        rows = rng.permutation(np.flatnonzero(y == cls))
+        folds[rows] = np.arange(rows.shape[0]) % n_splits
+    return folds
+
+
+def held_out_membership(make_model, X, y, sample_weight=None, *, n_splits: int = 4, random_state=None) -> np.ndarray:
+    """For each row: 1 if a model fitted on the other folds predicts it positive, 0 if not, -1 when
+    no fold could be fitted for it (a class missing from its training folds).
+
+    make_model(seed) returns an unfitted model with ``fit(X, y, sample_weight)`` and ``predict(X)``
+    (a boolean mask or 0/1 labels). ``n_splits`` is reduced to the smaller class size (>= 2 needed).
+    """
+    y = np.asarray(y).astype(np.int8)
+    w = np.ones(y.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    rng = check_random_state(random_state)
+    out = np.full(y.shape[0], -1, np.int8)
+    k = min(int(n_splits), int((y == 1).sum()), int((y == 0).sum()))
+    if k < 2:
+        return out
+    folds = stratified_folds(y, k, rng)
+    for f in range(k):
+        test = folds == f
+        train = ~test
+        if y[train].min() == y[train].max():
+            continue
+        model = make_model(int(rng.integers(2**31 - 1))).fit(X[train], y[train], sample_weight=w[train])
+        out[test] = np.asarray(model.predict(X[test])).astype(bool)
+    return out
