@@ -11,7 +11,7 @@ import pytest
 from clipbranches_widgets.widgets import ImageGrid
 
 WIDGET_DIR = pathlib.Path(__file__).resolve().parents[1] / "clipbranches_widgets" / "widgets"
-STABLE_CLASSES = ["cb-grid", "cb-tile", "cb-all-pos", "cb-all-neg", "cb-all-none", "cb-more"]
+STABLE_CLASSES = ["cb-grid", "cb-tile", "cb-all-pos", "cb-all-neg", "cb-all-none", "cb-more", "cb-note"]
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg"
 
 
@@ -34,6 +34,7 @@ def test_defaults():
     g = ImageGrid()
     assert (g.page_size, g.columns, g.tile_size, g.disabled) == (15, 5, 128, False)
     assert g.tiles == [] and g.labels == {} and g.shown == 0 and g.labelled_before == []
+    assert g.notes == {}
 
 
 def test_show_fills_tiles(grid):
@@ -193,6 +194,10 @@ def test_removed_callback_is_not_called(grid):
     (lambda g: g.show([1], shown=-1), "shown"),
     (lambda g: g.show([1], labels={1: "maybe"}), "label must be"),
     (lambda g: g.show([1], labels=[1]), "mapping"),
+    (lambda g: g.show([1], notes={2: "x"}), "not among the tiles"),
+    (lambda g: g.show([1], notes={1: 3}), "text"),
+    (lambda g: g.show([1], notes=["x"]), "mapping"),
+    (lambda g: setattr(g, "notes", {"a": "x"}), "keys"),
     (lambda g: g.set_label([1], "positive"), "label must be"),
     (lambda g: g.set_label("12", "pos"), "integer"),
     (lambda g: g.label_all("yes"), "label must be"),
@@ -226,7 +231,7 @@ def test_failed_show_leaves_state_alone(grid):
 def test_state_serialises(grid):
     grid.set_label(100, "pos")
     state = grid.get_state()
-    for key in ("tiles", "labels", "labelled_before", "page_size", "shown", "columns",
+    for key in ("tiles", "labels", "labelled_before", "notes", "page_size", "shown", "columns",
                 "tile_size", "disabled", "_esm", "_css"):
         assert key in state
     assert state["labels"] == {"100": "pos"} and state["shown"] == 15
@@ -238,7 +243,8 @@ def test_front_end_files_hold_the_stable_hooks():
     css = (WIDGET_DIR / "image_grid.css").read_text()
     for cls in STABLE_CLASSES:
         assert cls in js, cls
-    for attr in ("data-id", "data-label", "dataset.id", "dataset.label", "tabIndex"):
+    for attr in ("data-id", "data-label", "dataset.id", "dataset.label", "tabIndex", "dataset.note",
+                 "change:notes"):
         assert attr in js or attr in css, attr
     assert "export default" in js
     # The widget ships the files' contents, not their paths.
@@ -281,3 +287,28 @@ def test_more_like_this_requests_from_the_front_end(grid):
 
     js = (pathlib.Path(w.__file__).parent / "image_grid.js").read_text()
     assert "cb-similar" in js and 'type: "similar"' in js
+
+
+def test_notes_per_tile(grid):
+    """show(notes=...) writes a note on some tiles; a later show without notes clears them."""
+    grid.set_label(101, "pos")
+    grid.calls.clear()
+    grid.show([101, 102, 103], notes={101: "in answer: right?", np.int64(103): "not in answer: missed?",
+                                      102: ""}, shown=3)
+    assert grid.notes == {"101": "in answer: right?", "103": "not in answer: missed?"}  # "" is no note
+    assert grid.note_of(101) == "in answer: right?" and grid.note_of(102) == "" and grid.note_of(999) == ""
+    assert grid.labels == {"101": "pos"} and grid.calls == []  # notes never touch the labels
+    state = grid.get_state()
+    assert state["notes"] == grid.notes
+    json.dumps(state["notes"])
+    grid.notes = {**grid.notes, "102": "checked"}  # assign directly: only notes change, not tiles
+    assert grid.note_of(102) == "checked" and len(grid.tiles) == 3
+    grid.show([101, 102])
+    assert grid.notes == {}
+
+
+def test_failed_show_keeps_the_notes(grid):
+    grid.show([1, 2], notes={1: "a"})
+    with pytest.raises(ValueError, match="not among"):
+        grid.show([5], notes={6: "b"})
+    assert grid.notes == {"1": "a"} and [t["id"] for t in grid.tiles] == [1, 2]

@@ -1,6 +1,6 @@
 // Front end of ImageGrid (image_grid.py): one anywidget renders the whole grid.
-// Stable hooks for tests and automation: .cb-grid, .cb-tile[data-id][data-label],
-// .cb-all-pos, .cb-all-neg, .cb-all-none, .cb-more.
+// Stable hooks for tests and automation: .cb-grid, .cb-tile[data-id][data-label] (and
+// [data-note] + .cb-note on a tile with a note), .cb-all-pos, .cb-all-neg, .cb-all-none, .cb-more.
 // Label changes only touch data-label attributes; <img> elements are rebuilt only when
 // `tiles` changes, and "Load more" only appends, so 500 tiles stay cheap.
 
@@ -41,6 +41,24 @@ function render({ model, el }) {
 
   const labelOf = (id) => model.get("labels")[id] || "none";
 
+  // The tile's note (the `notes` trait): data-note plus a visible strip; "" removes both.
+  function setNote(t, text) {
+    let span = t.querySelector(".cb-note");
+    if (!text) {
+      delete t.dataset.note;
+      if (span) span.remove();
+    } else {
+      t.dataset.note = text;
+      if (!span) {
+        span = document.createElement("span");
+        span.className = "cb-note";
+        t.append(span);
+      }
+      span.textContent = text;
+    }
+    t.title = t.dataset.note ? `${t.cbHint}\n${t.dataset.note}` : t.cbHint;
+  }
+
   function makeTile(tile, before) {
     const id = String(tile.id);
     const t = document.createElement("div");
@@ -51,7 +69,8 @@ function render({ model, el }) {
     if (before.has(tile.id)) t.dataset.before = "";
     const score = formatScore(tile.score);
     const caption = tile.caption || `#${id}`;
-    t.title = score ? `${caption}\nscore ${score}` : caption;
+    t.cbHint = score ? `${caption}\nscore ${score}` : caption;
+    t.title = t.cbHint;
     if (tile.src) {
       const img = document.createElement("img");
       img.src = tile.src;
@@ -79,6 +98,7 @@ function render({ model, el }) {
     similar.textContent = "\u2248";
     similar.title = "More like this (s)";
     t.append(similar);
+    setNote(t, model.get("notes")[id] || "");
     return t;
   }
 
@@ -132,6 +152,14 @@ function render({ model, el }) {
     for (const [id, t] of tileEls) {
       if (before.has(id)) t.dataset.before = "";
       else delete t.dataset.before;
+    }
+  }
+
+  function syncNotes() {
+    const notes = model.get("notes");
+    for (const [id, t] of tileEls) {
+      const text = notes[id] || "";
+      if ((t.dataset.note || "") !== text) setNote(t, text);
     }
   }
 
@@ -205,6 +233,7 @@ function render({ model, el }) {
     ["change:shown", () => syncTiles(false)],
     ["change:labels", syncLabels],
     ["change:labelled_before", syncBefore],
+    ["change:notes", syncNotes],
     ["change:columns", syncLayout],
     ["change:tile_size", syncLayout],
     ["change:disabled", updateBar],

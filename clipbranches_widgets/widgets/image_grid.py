@@ -8,8 +8,9 @@ whether made in the browser or from Python.
 
 The CSS class names and data attributes of the front end are stable, because tests and
 browser automation depend on them: the container is ``cb-grid``; each tile is ``cb-tile`` with
-``data-id`` (the catalog id) and ``data-label`` (``none``, ``pos`` or ``neg``); the buttons are
-``cb-all-pos``, ``cb-all-neg``, ``cb-all-none`` and ``cb-more``.
+``data-id`` (the catalog id) and ``data-label`` (``none``, ``pos`` or ``neg``); a tile with a note
+(the ``notes`` trait) also has ``data-note`` (the note's text) and holds ``<span class="cb-note">``;
+the buttons are ``cb-all-pos``, ``cb-all-neg``, ``cb-all-none`` and ``cb-more``.
 """
 from __future__ import annotations
 
@@ -97,6 +98,9 @@ class ImageGrid(anywidget.AnyWidget):
       because the state travels as JSON. It may hold ids that are not in ``tiles`` (labels from
       earlier pages or rounds); the grid shows the labels of the ids it shows.
     - ``labelled_before``: ids labelled in earlier rounds; their tiles get a badge.
+    - ``notes``: ``{str(id): text}``, a short note written on a tile (e.g. "in answer: right?");
+      ids without a note are absent. Set it with :meth:`show` (which replaces the notes with those
+      of the new tiles, or clears them) or assign it; changing it never rebuilds the pictures.
     - ``page_size``: tiles added by "Load more" (at least 1).
     - ``shown``: how many of ``tiles`` are shown, from the start of the list.
     - ``columns``, ``tile_size`` (pixels), ``disabled`` (ignore clicks and keys).
@@ -111,6 +115,7 @@ class ImageGrid(anywidget.AnyWidget):
     tiles = traitlets.List(traitlets.Dict()).tag(sync=True)
     labels = traitlets.Dict().tag(sync=True)
     labelled_before = traitlets.List(traitlets.Int()).tag(sync=True)
+    notes = traitlets.Dict(value_trait=traitlets.Unicode()).tag(sync=True)
     page_size = traitlets.Int(15).tag(sync=True)
     shown = traitlets.Int(0).tag(sync=True)
     columns = traitlets.Int(5).tag(sync=True)
@@ -160,6 +165,14 @@ class ImageGrid(anywidget.AnyWidget):
                 raise ValueError(f"labels values must be 'pos' or 'neg', got {label!r} for id {key}")
         return proposal.value
 
+    @traitlets.validate("notes")
+    def _valid_notes(self, proposal):
+        for key in proposal.value:
+            if not (isinstance(key, str) and key.isdigit()):
+                raise ValueError(f"notes keys must be str(id) of non-negative ids, got {key!r}")
+        # an empty note is no note: drop it, so data-note is present exactly when there is text
+        return {key: text for key, text in proposal.value.items() if text}
+
     @traitlets.observe("tiles")
     def _clamp_shown(self, change):
         # Fewer tiles than before: keep ``shown`` within range.
@@ -186,7 +199,8 @@ class ImageGrid(anywidget.AnyWidget):
              captions: Sequence[str] | None = None,
              labels: Mapping[int, str] | None = None,
              labelled_before: Iterable[int] | None = None,
-             shown: int | None = None) -> None:
+             shown: int | None = None,
+             notes: Mapping[int, str] | None = None) -> None:
         """Replace the tiles with ``ids`` (in display order) and show the first page.
 
         ``scores`` and ``captions`` run parallel to ``ids``; non-finite scores show as none.
@@ -194,7 +208,9 @@ class ImageGrid(anywidget.AnyWidget):
         ``max_thumbnails`` ids. ``labels`` (``{id: "pos" | "neg" | "none"}``), when given,
         replaces all labels, and callbacks hear about the differences; when None the labels
         are kept. ``labelled_before``, when given, replaces the ids that get a badge.
-        ``shown`` defaults to ``page_size`` and is capped at ``len(ids)``.
+        ``shown`` defaults to ``page_size`` and is capped at ``len(ids)``. ``notes``
+        (``{id: text}``, ids among ``ids``) are the new tiles' notes; unlike labels, notes belong
+        to one display, so a ``show`` without ``notes`` clears them.
         """
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
             raise ValueError(f"ids must be a sequence of integers, got {ids!r}")
@@ -213,6 +229,7 @@ class ImageGrid(anywidget.AnyWidget):
             raise ValueError(f"shown must be a non-negative integer, got {shown!r}")
         new_labels = None if labels is None else self._labels_from_mapping(labels)
         before = None if labelled_before is None else _check_ids(labelled_before)
+        new_notes = self._notes_from_mapping({} if notes is None else notes, set(ids))
 
         tiles = [
             {"id": i, "caption": c, "score": s,
@@ -223,6 +240,7 @@ class ImageGrid(anywidget.AnyWidget):
         # One sync message for the lot, so the front end never renders a half-updated grid.
         with self.hold_sync():
             self.tiles = tiles
+            self.notes = new_notes
             self.shown = self.page_size if shown is None else int(shown)
             if before is not None:
                 self.labelled_before = before
@@ -282,6 +300,25 @@ class ImageGrid(anywidget.AnyWidget):
     def label_of(self, id: int) -> str:
         """The label of one id: "pos", "neg" or "none"."""
         return self.labels.get(str(_check_id(id)), "none")
+
+    def note_of(self, id: int) -> str:
+        """The note on one id ("" when it has none)."""
+        return self.notes.get(str(_check_id(id)), "")
+
+    @staticmethod
+    def _notes_from_mapping(notes: Mapping[int, str], ids: set[int]) -> dict[str, str]:
+        if not isinstance(notes, Mapping):
+            raise ValueError(f"notes must be a mapping id -> text, got {type(notes).__name__}")
+        out = {}
+        for i, text in notes.items():
+            i = _check_id(i)
+            if i not in ids:
+                raise ValueError(f"notes has a note for id {i}, which is not among the tiles shown")
+            if not isinstance(text, str):
+                raise ValueError(f"notes values must be text, got {text!r} for id {i}")
+            if text:
+                out[str(i)] = text
+        return out
 
     @staticmethod
     def _labels_from_mapping(labels: Mapping[int, str]) -> dict[str, str]:
