@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from clipbranches_widgets.demo import concept_mask
+from clipbranches_widgets.session import AUTO_FAMILIES, MODELS as SESSION_MODELS
 from clipbranches_widgets.widgets import ImageGrid, SearchApp, default_app
-from clipbranches_widgets.widgets.app import BUILD_HINT
+from clipbranches_widgets.widgets.app import BUILD_HINT, NOTE_EXPLORE, NOTE_IN_ANSWER
 
 _EPOCH = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 REPO = Path(__file__).resolve().parent.parent
-MODELS = [("branches", True), ("ensemble", False), ("tree", False), ("forest", False)]
+MODELS = ["auto", "branches", "ensemble", "linear", "tree", "forest"]
 
 
 def _ids(catalog, concept, n):
@@ -36,6 +37,19 @@ def _count(app):
     match = re.search(r'<div class="cb-stats" data-count="(\d+)"', app.stats.value)
     assert match, app.stats.value
     return int(match.group(1))
+
+
+def _stats_attr(app, name):
+    match = re.search(rf'<div class="cb-stats"[^>]* {name}="([^"]*)"', app.stats.value)
+    assert match, app.stats.value
+    return match.group(1)
+
+
+def _estimate(app):
+    """(precision, recall, f1) from the cb-estimate element, or None when there is none."""
+    match = re.search(r'<div class="cb-estimate" data-precision="([^"]+)" data-recall="([^"]+)" '
+                      r'data-f1="([^"]+)">', app.stats.value)
+    return None if match is None else tuple(float(v) for v in match.groups())
 
 
 def _error(app):
@@ -68,19 +82,24 @@ def test_css_classes_and_defaults(app):
     classes = {"cb-query": app.query, "cb-search": app.search_button, "cb-model": app.model,
                "cb-negatives": app.negatives, "cb-weight": app.weight, "cb-refine": app.refine_button,
                "cb-undo": app.undo_button, "cb-upload": app.upload, "cb-more-like": app.more_like_button,
+               "cb-next": app.next_button, "cb-view": app.view,
                "cb-catalog": app.catalog_select, "cb-export-csv": app.export_csv_button,
                "cb-export-json": app.export_json_button, "cb-save-session": app.save_button, "cb-app": app}
     for cls, widget in classes.items():
         assert cls in widget._dom_classes, cls
     assert isinstance(app.grid, ImageGrid) and app.grid in app.children
-    assert app.model.value == "branches"
-    assert [label for label, _ in app.model.options] == ["Decision branches", "Branch ensemble",
-                                                         "Decision tree", "Random forest"]
+    assert app.model.value == "auto"
+    assert [label for label, _ in app.model.options] == [
+        "Automatic (best for your marks)", "Decision branches", "Branch ensemble", "Linear (logistic regression)",
+        "Decision tree", "Random forest"]
+    assert [value for _, value in app.model.options] == list(SESSION_MODELS)  # every model the session has
+    assert app.view.value == "answer" and [label for label, _ in app.view.options] == ["answer", "suggestions to mark"]
+    assert app.next_button.disabled and app.view.disabled  # nothing to suggest from before a query
     assert (app.negatives.min, app.negatives.max, app.negatives.step, app.negatives.value) == (0, 1000, 100, 500)
     assert (app.weight.min, app.weight.max, app.weight.value) == (1, 100, 1)
     assert app.upload.accept == "image/*"
     assert app.catalog_select.layout.display == "none"  # one catalog: no selector
-    assert _count(app) == 0 and _error(app) is None
+    assert _count(app) == 0 and _error(app) is None and _stats_attr(app, "data-view") == "answer"
     assert app.warmed_up.is_set()  # warm_up=False
 
 
@@ -129,14 +148,28 @@ def test_grid_labels_reach_session_and_undo(searched):
     assert _error(app) is None
 
 
-@pytest.mark.parametrize("model,has_sql", MODELS)
-def test_refine_each_model(searched, model, has_sql):
+@pytest.mark.parametrize("model", MODELS)
+def test_refine_each_model(searched, model):
     app = searched
     app.model.value = model
     app.refine_button.click()
     assert _error(app) is None, _error(app)
     result = app.last_result
-    assert result.model_name == model and app.session.history[-1]["model"] == model
+    assert result.requested_model == model
+    if model == "auto":
+        assert result.model_name in AUTO_FAMILIES
+        assert "chosen automatically" in app.stats.value
+    else:
+        assert result.model_name == model and "as selected" in app.stats.value
+    assert app.session.history[-1]["model"] == result.model_name
+    # which model answered, and why
+    assert f'<div class="cb-model-choice" data-model="{result.model_name}">' in app.stats.value
+    assert html.escape(result.selection["reason"]) in app.stats.value
+    # the estimate comes with every answer, labelled as one
+    precision, recall, f1 = _estimate(app)
+    assert 0 <= precision <= 1 and 0 <= recall <= 1 and 0 <= f1 <= 1
+    assert (precision, recall) == (round(result.estimate["precision"], 4), round(result.estimate["recall"], 4))
+    assert "Estimated precision" in app.stats.value and html.escape(result.estimate["method"]) in app.stats.value
     assert _count(app) == result.count
     assert [t["id"] for t in app.grid.tiles] == [int(i) for i in result.ids]
     assert app.grid.shown == min(app.grid.page_size, result.count)
@@ -148,11 +181,13 @@ def test_refine_each_model(searched, model, has_sql):
     assert sorted(app.grid.labelled_before) == sorted(app.session.labels)
     assert not app.refine_button.disabled and app.refine_button.description == "Fine-tune"
     assert app.busy.value == ""
-    for part in ("encode", "nn", "sampling", "train", "apply"):
+    for part in ("encode", "nn", "sampling", "cv", "train", "apply"):
         assert part in app.stats.value
-    assert "random negatives: " in app.stats.value
-    if has_sql:
+    assert "random negatives: " in app.stats.value and _stats_attr(app, "data-view") == "answer"
+    if result.model_name == "branches":
         assert "SELECT" in app.sql.value and "box 1:" in app.rules.value
+    elif result.model_name == "linear":
+        assert "score =" in app.rules.value and "n/a" in app.sql.value
     else:
         assert "n/a" in app.sql.value and "n/a" in app.rules.value
 
@@ -332,3 +367,110 @@ def test_more_like_this_on_a_tile_searches_by_that_item(searched):
     assert app.session.query == {"type": "image", "item_id": item}
     assert len(app.grid.shown_ids) == app.k and "data-count=\"60\"" in app.stats.value
     assert "cb-error" not in app.error.value
+
+
+def test_label_next_before_any_query_is_an_error(app):
+    assert app.next_button.disabled  # in the browser it cannot be pressed; from Python it must not raise
+    app.next_button.click()
+    assert "search first" in _error(app)
+    assert app.grid.tiles == [] and app.view.value == "answer" and app.session.pages == []
+
+
+def test_label_next_after_a_search_explores(searched):
+    app = searched
+    assert not app.next_button.disabled and not app.view.disabled
+    app.next_button.click()
+    assert _error(app) is None, _error(app)
+    page = app.suggestions
+    assert page is not None and page.query["type"] == "suggest" and len(page) == app.k
+    assert [t["id"] for t in app.grid.tiles] == page.ids.tolist() and app.grid.shown == len(page)
+    assert not set(page.ids.tolist()) & set(app.session.labels)  # never already-marked items
+    assert app.view.value == "suggestions" and _stats_attr(app, "data-view") == "suggestions"
+    assert "Showing suggestions to mark" in app.stats.value and "no fine-tuning yet" in app.stats.value
+    assert _count(app) == 60  # data-count: still the answer's (the search's) results
+    # no answer yet: every suggestion explores
+    assert app.grid.notes == {str(i): NOTE_EXPLORE for i in page.ids}
+    assert all(t["score"] is None for t in app.grid.tiles)  # draw probabilities are not relevance scores
+    assert _estimate(app) is None
+
+
+def test_label_next_after_refine_then_refine_again(searched):
+    """Fine-tune, "Label next", mark the page, fine-tune: the estimate now uses the marked page."""
+    app = searched
+    app.refine_button.click()
+    first = app.last_result
+    assert first.estimate["n_pages"] == 0
+    app.next_button.click()
+    assert _error(app) is None, _error(app)
+    page = app.suggestions
+    assert app.view.value == "suggestions" and _stats_attr(app, "data-view") == "suggestions"
+    assert _count(app) == first.count  # the answer's count, as the data-count contract says
+    answer = set(first.ids.tolist())
+    for i, in_answer in zip(page.ids.tolist(), page.in_answer.tolist()):
+        assert (i in answer) == in_answer
+        assert app.grid.note_of(i) == (NOTE_IN_ANSWER if in_answer else NOTE_EXPLORE)
+    assert f"{page.query['n_in_answer']} from the answer" in app.stats.value
+    assert _estimate(app) is not None  # the answer's estimate stays in view
+    # mark the page as the truth says (the tiny CLIP is weak; the truth is exact)
+    truth = concept_mask(app.catalog.items, "a red star")
+    app.grid.set_label([i for i in page.ids.tolist() if truth[i]], "pos")
+    app.grid.set_label([i for i in page.ids.tolist() if not truth[i]], "neg")
+    assert all(app.session.labels.get(i) for i in page.ids.tolist())
+    pages = len(app.session.pages)
+    app.refine_button.click()
+    assert _error(app) is None, _error(app)
+    second = app.last_result
+    assert second is not first and app.suggestions is None
+    assert app.view.value == "answer" and _stats_attr(app, "data-view") == "answer"
+    assert app.grid.notes == {} and [t["id"] for t in app.grid.tiles][:3] == second.ids[:3].tolist()
+    assert second.estimate["n_pages"] == 1 and second.estimate["n_sampled"] == len(page)
+    precision, recall, _ = _estimate(app)
+    assert 0 <= precision <= 1 and 0 <= recall <= 1
+    assert "Horvitz-Thompson" in html.unescape(app.stats.value)
+    assert len(app.session.pages) == pages
+
+
+def test_view_toggle_switches_without_new_pages(searched):
+    app = searched
+    app.refine_button.click()
+    answer_ids = [t["id"] for t in app.grid.tiles]
+    app.view.value = "suggestions"  # no page yet: the toggle fetches one, like "Label next"
+    assert _error(app) is None and app.suggestions is not None and len(app.session.pages) == 1
+    page_ids = [t["id"] for t in app.grid.tiles]
+    assert page_ids == app.suggestions.ids.tolist()
+    app.grid.set_label(page_ids[0], "neg")
+    app.view.value = "answer"
+    assert [t["id"] for t in app.grid.tiles] == answer_ids and app.grid.notes == {}
+    assert _stats_attr(app, "data-view") == "answer" and _count(app) == app.last_result.count
+    app.view.value = "suggestions"  # the same page again, marks kept; no new page drawn
+    assert [t["id"] for t in app.grid.tiles] == page_ids and len(app.session.pages) == 1
+    assert app.grid.label_of(page_ids[0]) == "neg" and app.grid.notes
+    app.next_button.click()  # a fresh page: never the item just marked
+    assert len(app.session.pages) == 2 and page_ids[0] not in app.suggestions.ids.tolist()
+    app.query.value = "a blue ring"  # a new search: its results, the toggle back on the answer
+    app.search_button.click()
+    assert app.view.value == "answer" and app.suggestions is None and _stats_attr(app, "data-view") == "answer"
+
+
+def test_view_toggle_error_is_shown_and_reverted(searched, monkeypatch):
+    def boom(*args, **kwargs):
+        raise ValueError("no suggestions today")
+
+    monkeypatch.setattr(searched.session, "suggest", boom)
+    shown = [t["id"] for t in searched.grid.tiles]
+    searched.view.value = "suggestions"
+    assert "no suggestions today" in _error(searched)
+    assert searched.view.value == "answer" and [t["id"] for t in searched.grid.tiles] == shown
+    searched.next_button.click()
+    assert "no suggestions today" in _error(searched) and searched.view.value == "answer"
+
+
+def test_catalog_switch_resets_suggestions(tiny_catalog, tiny_catalog_path):
+    app = SearchApp(catalogs={"first": tiny_catalog, "second": tiny_catalog_path}, warm_up=False)
+    app.query.value = "a red star"
+    app.search_button.click()
+    app.next_button.click()
+    assert app.view.value == "suggestions"
+    app.catalog_select.value = "second"
+    assert app.suggestions is None and app.view.value == "answer" and app.grid.notes == {}
+    assert app.next_button.disabled and app.view.disabled

@@ -6,21 +6,32 @@ Layout (after the original web app, reference section 5):
 - a query row: text box (Enter submits) and Search, "Search by image" upload (any picture),
   and "More like this", which searches by the item most recently marked positive in the grid;
   each tile also has its own "more like this" (its ≈ button on hover, or the "s" key);
-- an options row: model selector, random negatives slider, negative weight slider, Fine-tune,
-  Undo (reverts the last marking action);
-- an error line, a statistics panel, the :class:`ImageGrid` (with its own All ✓ / All ✗ /
-  All none / Load more buttons);
-- an accordion with the model's boxes as rules and as SQL (Decision branches only);
+- an options row: model selector ("Automatic (best for your marks)" by default: the session fits
+  ensemble, linear and branches and keeps the best estimated F1), random negatives slider,
+  negative weight slider, Fine-tune, "Label next" (a page of suggestions to mark, from
+  :meth:`SearchSession.suggest`), Undo (reverts the last marking action);
+- an error line, a "Show: answer | suggestions to mark" toggle (what the grid holds: the last
+  search's results or refine's answer, or the last page of suggestions), a statistics panel (which
+  of the two is shown, the model chosen and why, and the answer's estimated precision and
+  recall), the :class:`ImageGrid` (with its own All ✓ / All ✗ / All none / Load more buttons;
+  suggested tiles carry a note: "in answer: right?" or "not in answer: missed?");
+- an accordion with the model as rules (Decision branches: its boxes; Linear: its weights) and as
+  SQL (Decision branches only);
 - export buttons (results CSV / JSON, session JSON) that render a download link with a
   ``data:`` URI, so they work in Voilà without a file system the user can reach.
 
 Stable CSS classes (for styling and browser tests): ``cb-app``, ``cb-query``, ``cb-search``,
 ``cb-upload``, ``cb-more-like``, ``cb-model``, ``cb-negatives``, ``cb-weight``, ``cb-refine``,
-``cb-undo``, ``cb-catalog``, ``cb-export-csv``, ``cb-export-json``, ``cb-save-session``; the
-error line holds ``<div class="cb-error">message</div>`` when there is an error, the statistics
-``<div class="cb-stats" data-count="N">`` (N: results of the last search, or all positives of
-the last refine round), the download area ``<a class="cb-download" ...>``, the warm-up note
-``<span class="cb-warmup" data-done="0|1">``. The grid's own classes are documented in
+``cb-next`` ("Label next"), ``cb-undo``, ``cb-view`` (the Show toggle), ``cb-catalog``,
+``cb-export-csv``, ``cb-export-json``, ``cb-save-session``; the error line holds
+``<div class="cb-error">message</div>`` when there is an error, the statistics
+``<div class="cb-stats" data-count="N" data-view="answer|suggestions">`` (N: results of the last
+search, or all positives of the last refine round, whichever view is shown; data-view: what the
+grid shows), inside it after a refine ``<div class="cb-model-choice" data-model="NAME">`` (the
+family used and why) and ``<div class="cb-estimate" data-precision="P" data-recall="R"
+data-f1="F">`` (the answer's estimated quality, numbers in [0, 1], and how it was estimated), the
+download area ``<a class="cb-download" ...>``, the warm-up note ``<span class="cb-warmup"
+data-done="0|1">``. The grid's own classes (tiles, their ``data-note``) are documented in
 :mod:`clipbranches_widgets.widgets.image_grid`.
 
 The default catalog is ``$CB_CATALOG`` when that environment variable is set, else
@@ -43,13 +54,20 @@ import numpy as np
 
 from .image_grid import ImageGrid
 
-__all__ = ["SearchApp", "default_app", "default_catalog_path", "MODEL_OPTIONS"]
+__all__ = ["SearchApp", "default_app", "default_catalog_path", "MODEL_OPTIONS", "VIEW_OPTIONS"]
 
 log = logging.getLogger(__name__)
 
-#: model selector labels -> SearchSession model names (the original's db, ens, dtree, rf)
-MODEL_OPTIONS = (("Decision branches", "branches"), ("Branch ensemble", "ensemble"),
+#: model selector labels -> SearchSession model names: "auto" (the default) plus the original's db,
+#: ens, dtree, rf and a linear model
+MODEL_OPTIONS = (("Automatic (best for your marks)", "auto"), ("Decision branches", "branches"),
+                 ("Branch ensemble", "ensemble"), ("Linear (logistic regression)", "linear"),
                  ("Decision tree", "tree"), ("Random forest", "forest"))
+#: the "Show:" toggle: what the grid holds
+VIEW_OPTIONS = (("answer", "answer"), ("suggestions to mark", "suggestions"))
+#: notes on suggested tiles: drawn from the answer (confirm it) or from outside it (explore)
+NOTE_IN_ANSWER = "in answer: right?"
+NOTE_EXPLORE = "not in answer: missed?"
 
 BUILD_HINT = "python -m clipbranches_widgets build-catalog data/demo"
 
@@ -69,6 +87,11 @@ _STYLE = """<style>
 @keyframes cb-spin { to { transform: rotate(360deg); } }
 .cb-app pre.cb-code { white-space: pre-wrap; font-size: 12px; margin: 0; }
 .cb-app a.cb-download { font-weight: 600; }
+.cb-app .cb-estimate { margin-top: 3px; }
+.cb-app .cb-estimate-method, .cb-app .cb-model-choice { color: #555; }
+.cb-app .cb-view-name { font-weight: 600; color: #1f5f99; }
+.cb-app .cb-tile[data-note^="in answer"] .cb-note { background: rgba(31, 95, 153, 0.85); }
+.cb-app .cb-tile[data-note^="not in answer"] .cb-note { background: rgba(178, 94, 0, 0.9); }
 </style>"""
 
 
@@ -102,6 +125,24 @@ def _ms(seconds) -> str:
     return f"{1000.0 * float(seconds):.1f} ms"
 
 
+def _model_label(name: str) -> str:
+    return dict((v, k) for k, v in MODEL_OPTIONS).get(name, name)
+
+
+def _estimate_html(estimate: dict) -> str:
+    """The answer's estimated precision / recall as ``<div class="cb-estimate" ...>``, or "" without one."""
+    if not estimate or estimate.get("precision") is None or estimate.get("recall") is None:
+        return ""
+    p, r = float(estimate["precision"]), float(estimate["recall"])
+    f1 = float(estimate.get("f1", 0.0))
+    positives = estimate.get("positives")
+    matches = "" if positives is None else f" &middot; about {float(positives):,.0f} matches in the catalog"
+    return (f'<div class="cb-estimate" data-precision="{p:.4f}" data-recall="{r:.4f}" data-f1="{f1:.4f}">'
+            f"Estimated precision <b>{p:.2f}</b> &middot; recall <b>{r:.2f}</b>{matches} "
+            f'<span class="cb-estimate-method">(estimate: {html.escape(str(estimate.get("method", "")))})'
+            f"</span></div>")
+
+
 class SearchApp(widgets.VBox):
     """Text / picture search, marking, and decision-branch refine rounds in one widget.
 
@@ -116,7 +157,7 @@ class SearchApp(widgets.VBox):
     page_size : int
         Tiles added per "Load more" after a refine round.
     k : int
-        Items shown by a text or picture search (all at once).
+        Items shown by a text or picture search (all at once), and by "Label next".
     random_state : int or None
         Seed of each new :class:`~clipbranches_widgets.session.SearchSession`.
     warm_up : bool
@@ -124,10 +165,11 @@ class SearchApp(widgets.VBox):
 
     Attributes: ``session`` (the current SearchSession, None without a catalog), ``catalog``,
     ``grid`` (ImageGrid), ``warmed_up`` (threading.Event set when the current catalog's warm-up
-    finished, successfully or not), ``last_result``, and the controls (``query``,
-    ``search_button``, ``upload``, ``more_like_button``, ``model``, ``negatives``, ``weight``,
-    ``refine_button``, ``undo_button``, ``catalog_select``, ``error``, ``stats``, ``rules``,
-    ``sql``, ``download``, ...). The app never raises from a button: errors are shown in
+    finished, successfully or not), ``last_result`` (the answer: the last search's or refine's
+    result), ``suggestions`` (the last page from "Label next" for that answer, or None), and the
+    controls (``query``, ``search_button``, ``upload``, ``more_like_button``, ``model``,
+    ``negatives``, ``weight``, ``refine_button``, ``next_button``, ``undo_button``, ``view``,
+    ``catalog_select``, ``error``, ``stats``, ``rules``, ``sql``, ``download``, ...). The app never raises from a button: errors are shown in
     ``error``; unexpected ones are also logged.
     """
 
@@ -139,12 +181,14 @@ class SearchApp(widgets.VBox):
         self.random_state = random_state
         self._warm_up_enabled = bool(warm_up)
         self._syncing = False  # True while the app itself rewrites grid labels
+        self._setting_view = False  # True while the app itself moves the Show toggle
         self._busy = False
         self._last_positive: int | None = None
         self._opened: dict[str, object] = {}  # catalog name -> opened Catalog
         self.session = None
         self.catalog = None
         self.last_result = None
+        self.suggestions = None
         self.warmed_up = threading.Event()
         self.warm_up_error: str | None = None
 
@@ -215,8 +259,8 @@ class SearchApp(widgets.VBox):
         query_row = widgets.HBox([self.query, self.search_button, self.upload, self.more_like_button],
                                  layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
 
-        self.model = widgets.Dropdown(options=list(MODEL_OPTIONS), value="branches", description="Model:",
-                                      layout=widgets.Layout(width="250px"))
+        self.model = widgets.Dropdown(options=list(MODEL_OPTIONS), value="auto", description="Model:",
+                                      layout=widgets.Layout(width="320px"))
         self.model.add_class("cb-model")
         style = {"description_width": "initial"}
         self.negatives = widgets.IntSlider(value=500, min=0, max=1000, step=100, description="Random negatives",
@@ -229,19 +273,31 @@ class SearchApp(widgets.VBox):
                                             tooltip="Train the model on your marks and find every match")
         self.refine_button.add_class("cb-refine")
         self.refine_button.on_click(lambda _b: self._guard(self._do_refine))
+        self.next_button = widgets.Button(description="Label next", icon="check-square-o", disabled=True,
+                                          tooltip="Show items to mark next: some from the answer (right?), "
+                                                  "some from outside it (missed?); marking them measures "
+                                                  "the answer")
+        self.next_button.add_class("cb-next")
+        self.next_button.on_click(lambda _b: self._guard(self._do_next))
         self.undo_button = widgets.Button(description="Undo", icon="undo", tooltip="Undo the last marking action")
         self.undo_button.add_class("cb-undo")
         self.undo_button.on_click(lambda _b: self._guard(self._do_undo))
         self.busy = widgets.HTML("")
         self.busy.add_class("cb-busy")
         options_row = widgets.HBox([self.model, self.negatives, self.weight, self.refine_button,
-                                    self.undo_button, self.busy],
+                                    self.next_button, self.undo_button, self.busy],
                                    layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
 
         self.error = widgets.HTML("")
         self.error.add_class("cb-error-area")
         self.stats = widgets.HTML(self._stats_html(0, "No search yet: type a query and press Enter."))
         self.stats.add_class("cb-stats-area")
+        self.view = widgets.ToggleButtons(options=list(VIEW_OPTIONS), value="answer", description="Show:",
+                                          disabled=True, style={"button_width": "auto"},
+                                          tooltips=["The last search's results, or every match of the last "
+                                                    "fine-tuning", "A page of items to mark next (Label next)"])
+        self.view.add_class("cb-view")
+        self.view.observe(self._on_view_change_guarded, names="value")
 
         self.grid = ImageGrid(page_size=page_size, max_thumbnails=max_thumbnails)
         self.grid.on_similar(lambda item: self._guard(self._do_similar_tile, item))
@@ -250,7 +306,7 @@ class SearchApp(widgets.VBox):
         self.rules = widgets.HTML('<pre class="cb-code cb-rules">n/a</pre>')
         self.sql = widgets.HTML('<pre class="cb-code cb-sql">n/a</pre>')
         self.model_panel = widgets.Accordion(children=[self.rules, self.sql], selected_index=None)
-        self.model_panel.set_title(0, "Model boxes as rules")
+        self.model_panel.set_title(0, "Model as rules")
         self.model_panel.set_title(1, "Model as SQL")
         self.model_panel.add_class("cb-model-panel")
 
@@ -271,14 +327,14 @@ class SearchApp(widgets.VBox):
         self._controls = [self.query, self.search_button, self.upload, self.more_like_button, self.model,
                           self.negatives, self.weight, self.refine_button, self.undo_button,
                           self.export_csv_button, self.export_json_button, self.save_button]
-        self.children = [top, query_row, options_row, self.error, self.stats, self.grid, self.model_panel,
-                         export_row]
+        self.children = [top, query_row, options_row, self.error, self.view, self.stats, self.grid,
+                         self.model_panel, export_row]
 
     # -- catalogs ------------------------------------------------------------------------------
 
     def _open(self, name: str) -> None:
         """Open catalog ``name`` and start a fresh session (errors are shown, not raised)."""
-        self.session, self.catalog, self.last_result = None, None, None
+        self.session, self.catalog, self.last_result, self.suggestions = None, None, None, None
         self._last_positive = None
         self._reset_views()
         try:
@@ -335,11 +391,27 @@ class SearchApp(widgets.VBox):
         self.rules.value = '<pre class="cb-code cb-rules">n/a</pre>'
         self.sql.value = '<pre class="cb-code cb-sql">n/a</pre>'
         self.download.value = ""
+        self._set_view("answer")
 
     def _set_enabled(self, enabled: bool) -> None:
         for w in self._controls:
             w.disabled = not enabled
         self.grid.disabled = not enabled
+        self._update_next_controls()
+
+    def _update_next_controls(self) -> None:
+        """"Label next" and the Show toggle work once there is an answer (a search or a refine)."""
+        off = self.session is None or self.last_result is None
+        self.next_button.disabled = off
+        self.view.disabled = off
+
+    def _set_view(self, value: str) -> None:
+        """Move the Show toggle without it acting (the caller fills the grid)."""
+        self._setting_view = True
+        try:
+            self.view.value = value
+        finally:
+            self._setting_view = False
 
     # -- warm-up -------------------------------------------------------------------------------
 
@@ -358,7 +430,10 @@ class SearchApp(widgets.VBox):
         thread.start()
 
     def _warm_up(self, catalog, event: threading.Event) -> None:
-        """Load the query encoder, build/load the box index, compile the Numba kernels."""
+        """Load the query encoder, build/load the box index, and run what the first Fine-tune and
+        "Label next" run: a throwaway session's refine("auto") (ensemble, linear and branches, with
+        their cross-validation, on marks of one item's neighbours) and suggest, so the Numba
+        kernels are compiled and the code paths are warm."""
         t0 = time.perf_counter()
         problems = []
         try:
@@ -368,16 +443,16 @@ class SearchApp(widgets.VBox):
                 problems.append(f"query encoder: {exc}")
                 log.warning("warm-up: no query encoder for %s: %s", catalog, exc)
             try:
-                from ..engine import BranchEnsemble, DecisionBranches
+                from ..session import SearchSession
 
-                index = catalog.box_index()
-                n = min(catalog.n_items, 200)
-                X = np.asarray(catalog.codes[:n])
-                y = np.zeros(n, np.int64)
-                y[: max(1, n // 10)] = 1
-                model = DecisionBranches(random_state=0).fit(X, y)
-                index.search(model)
-                BranchEnsemble(random_state=0).fit(X, y)
+                catalog.box_index()
+                warm = SearchSession(catalog, random_state=0)
+                shown = warm.image_search(0, k=min(self.k, catalog.n_items)).ids.tolist()
+                third = max(2, len(shown) // 3)
+                warm.label(shown[:third], "pos")
+                warm.label(shown[third:], "neg")
+                warm.refine("auto", n_random_negatives=min(500, catalog.n_items - len(shown)))
+                warm.suggest(min(self.k, catalog.n_items))
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"engine: {exc}")
                 log.exception("warm-up of the engine failed for %s", catalog)
@@ -437,7 +512,7 @@ class SearchApp(widgets.VBox):
         finally:
             self._syncing = False
 
-    def _show_items(self, ids, scores, *, shown: int | None = None) -> None:
+    def _show_items(self, ids, scores, *, shown: int | None = None, notes: dict | None = None) -> None:
         session = self.session
         catalog = session.catalog
         ids = [int(i) for i in np.asarray(ids)]
@@ -448,9 +523,10 @@ class SearchApp(widgets.VBox):
         labels = session.labels
         self._syncing = True
         try:
-            self.grid.show(ids, [float(s) for s in np.asarray(scores)],
+            self.grid.show(ids, None if scores is None else [float(s) for s in np.asarray(scores)],
                            thumbnail=catalog.thumbnail if catalog.has_thumbnails else None,
-                           captions=captions, labels=labels, labelled_before=sorted(labels), shown=shown)
+                           captions=captions, labels=labels, labelled_before=sorted(labels), shown=shown,
+                           notes=notes)
         finally:
             self._syncing = False
 
@@ -504,22 +580,37 @@ class SearchApp(widgets.VBox):
         self._after_search(result)
 
     def _after_search(self, result) -> None:
-        self.last_result = result
-        self._show_items(result.ids, result.scores, shown=len(result))
+        self.last_result, self.suggestions = result, None
+        self._set_view("answer")
+        self._update_next_controls()
+        self._render_search(result)
         self.rules.value = '<pre class="cb-code cb-rules">n/a (no model yet: mark items and fine-tune)</pre>'
         self.sql.value = '<pre class="cb-code cb-sql">n/a</pre>'
-        q = result.query
-        what = f"“{html.escape(q['text'])}”" if q.get("type") == "text" else (
-            f"item {q['item_id']}" if q.get("item_id") is not None else "the uploaded picture")
-        t = result.timings
-        total = sum(float(v) for v in t.values())
-        body = (f"<b>{len(result)}</b> results for {what} &middot; query time {total:.3f} s"
-                f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))}</div>'
-                f'<div class="cb-counts">marked: {len(self.session.positives)} positive, '
-                f'{len(self.session.negatives)} negative</div>')
-        self.stats.value = self._stats_html(len(result), body)
         self.download.value = ""
         self._clear_error()
+
+    @staticmethod
+    def _query_words(query: dict | None) -> str:
+        if not query:
+            return "your marks"
+        if query.get("type") == "text":
+            return f"“{html.escape(query['text'])}”"
+        return f"item {query['item_id']}" if query.get("item_id") is not None else "the uploaded picture"
+
+    def _marks_html(self) -> str:
+        return (f'<div class="cb-counts">marked: {len(self.session.positives)} positive, '
+                f'{len(self.session.negatives)} negative</div>')
+
+    def _render_search(self, result) -> None:
+        """The grid and statistics for a search's results (the "answer" view before any refine)."""
+        self._show_items(result.ids, result.scores, shown=len(result))
+        t = result.timings
+        total = sum(float(v) for v in t.values())
+        body = (f'<span class="cb-view-name">Showing the answer:</span> <b>{len(result)}</b> results for '
+                f"{self._query_words(result.query)} &middot; query time {total:.3f} s"
+                f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))}</div>'
+                + self._marks_html())
+        self.stats.value = self._stats_html(len(result), body)
 
     def _do_refine(self) -> None:
         session = self._require_session()
@@ -541,33 +632,120 @@ class SearchApp(widgets.VBox):
             self.busy.value = ""
 
     def _after_refine(self, result) -> None:
-        self.last_result = result
+        self.last_result, self.suggestions = result, None
+        self._set_view("answer")
+        self._update_next_controls()
+        self._render_refine(result)
+        name = _model_label(result.model_name)
+        if result.rules is not None:
+            if result.model_name == "branches":
+                rules = "\n".join(f"box {n + 1}: {r}" for n, r in enumerate(result.rules)) or "(no boxes)"
+            else:
+                rules = "\n".join(result.rules)
+            self.rules.value = f'<pre class="cb-code cb-rules">{html.escape(rules)}</pre>'
+        else:
+            self.rules.value = (f'<pre class="cb-code cb-rules">n/a: {html.escape(name)} is not a plain union of '
+                                f'boxes (Decision branches give rules, Linear its weights)</pre>')
+        if result.sql:
+            self.sql.value = f'<pre class="cb-code cb-sql">{html.escape(result.sql)}</pre>'
+        else:
+            self.sql.value = '<pre class="cb-code cb-sql">n/a: only Decision branches produce SQL</pre>'
+        self.download.value = ""
+        self._clear_error()
+
+    @staticmethod
+    def _choice_html(result) -> str:
+        """Which model family answered and why (``result.selection["reason"]``)."""
+        name = html.escape(_model_label(result.model_name))
+        reason = html.escape(str((result.selection or {}).get("reason", "")))
+        how = "chosen automatically" if result.requested_model == "auto" else "as selected"
+        return (f'<div class="cb-model-choice" data-model="{html.escape(result.model_name)}">Model: <b>{name}</b>, '
+                f"{how}" + (f" ({reason})" if reason else "") + "</div>")
+
+    def _render_refine(self, result) -> None:
+        """The grid and statistics for a refine's answer."""
         self._show_items(result.ids, result.scores)  # first page; "Load more" shows the rest
         t = result.timings
         boxes = "n/a" if result.n_boxes is None else str(result.n_boxes)
         method = result.stats.get("method")
-        name = dict((v, k) for k, v in MODEL_OPTIONS).get(result.model_name, result.model_name)
-        body = (f"<b>{result.count:,}</b> results ({html.escape(name)}) &middot; query time "
+        body = (f'<span class="cb-view-name">Showing the answer:</span> <b>{result.count:,}</b> results '
+                f"({html.escape(_model_label(result.model_name))}) &middot; query time "
                 f"{float(t.get('total', 0)):.3f} s"
-                f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))} '
-                f'&middot; sampling {_ms(t.get("sampling", 0))} &middot; train {_ms(t.get("train", 0))} '
-                f'&middot; apply {_ms(t.get("apply", 0))}</div>'
+                + self._choice_html(result) + _estimate_html(result.estimate)
+                + f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))} '
+                f'&middot; sampling {_ms(t.get("sampling", 0))} &middot; cv {_ms(t.get("cv", 0))} '
+                f'&middot; train {_ms(t.get("train", 0))} &middot; apply {_ms(t.get("apply", 0))}</div>'
                 f'<div class="cb-counts">boxes: {boxes}'
                 + (f" &middot; search: {html.escape(str(method))}" if method else "")
                 + f" &middot; marks used: {result.n_positives} positive, {result.n_negatives} negative"
                 f" &middot; random negatives: {result.n_random_negatives} "
                 f"({html.escape(result.negatives_source)}) &middot; seed {result.random_state}</div>")
         self.stats.value = self._stats_html(result.count, body)
-        if result.rules is not None:
-            rules = "\n".join(f"box {n + 1}: {r}" for n, r in enumerate(result.rules)) or "(no boxes)"
-            self.rules.value = f'<pre class="cb-code cb-rules">{html.escape(rules)}</pre>'
-            self.sql.value = f'<pre class="cb-code cb-sql">{html.escape(result.sql or "")}</pre>'
-        else:
-            self.rules.value = (f'<pre class="cb-code cb-rules">n/a: {html.escape(name)} is not a plain union of '
-                                f'boxes (only Decision branches give rules)</pre>')
-            self.sql.value = '<pre class="cb-code cb-sql">n/a: only Decision branches produce SQL</pre>'
-        self.download.value = ""
+
+    # -- suggestions ("Label next") and the Show toggle ---------------------------------------
+
+    def _do_next(self) -> None:
+        """"Label next": a fresh page of suggestions (the app's ``k`` items) in the grid."""
+        session = self._require_session()
+        if self.last_result is None:
+            raise ValueError("Nothing to suggest from yet: search first (or fine-tune), then press "
+                             "\"Label next\" for items to mark.")
+        self.suggestions = session.suggest(self.k)
+        self._set_view("suggestions")
+        self._render_suggestions(self.suggestions)
         self._clear_error()
+
+    def _on_view_change(self, change) -> None:
+        if self._setting_view or change.new == change.old:
+            return
+        try:
+            if change.new == "suggestions":
+                if self.suggestions is None:
+                    self._do_next()
+                else:
+                    self._render_suggestions(self.suggestions)
+            else:
+                self._render_answer()
+            self._clear_error()
+        except Exception:  # shown by _guard; the toggle goes back to what the grid still shows
+            self._set_view(change.old)
+            raise
+
+    def _on_view_change_guarded(self, change) -> None:
+        self._guard(self._on_view_change, change)
+
+    def _render_answer(self) -> None:
+        result = self.last_result
+        if result is None:
+            raise ValueError("No answer yet: search first.")
+        if hasattr(result, "model_name"):
+            self._render_refine(result)
+        else:
+            self._render_search(result)
+
+    def _render_suggestions(self, page) -> None:
+        """The grid and statistics for a page of suggestions: each tile noted in / not in the answer."""
+        in_answer = np.asarray(page.in_answer, bool)
+        notes = {int(i): NOTE_IN_ANSWER if a else NOTE_EXPLORE for i, a in zip(page.ids, in_answer)}
+        self._show_items(page.ids, None, shown=len(page), notes=notes)  # scores: draw probabilities, not shown
+        answer = self.last_result
+        n_in, n_out = int(in_answer.sum()), int((~in_answer).sum())
+        refined = answer is not None and hasattr(answer, "model_name")
+        of = self._query_words((page.query or {}).get("of_query"))
+        if refined:
+            what = (f"the answer: {answer.count:,} results ({html.escape(_model_label(answer.model_name))}) "
+                    f"for {of}")
+        else:
+            what = f"the search for {of} (no fine-tuning yet)"
+        body = (f'<span class="cb-view-name">Showing suggestions to mark:</span> <b>{len(page)}</b> items, '
+                f"{n_in} from the answer (<i>{NOTE_IN_ANSWER}</i>), {n_out} from outside it "
+                f"(<i>{NOTE_EXPLORE}</i>). Mark them and press Fine-tune: the next estimate uses them."
+                f'<div class="cb-counts">about {what} &middot; picked in '
+                f'{_ms(page.timings.get("suggest", 0))}</div>'
+                + (self._choice_html(answer) + _estimate_html(answer.estimate) if refined else "")
+                + self._marks_html())
+        count = answer.count if refined else (len(answer) if answer is not None else 0)
+        self.stats.value = self._stats_html(count, body, view="suggestions")
 
     def _do_undo(self) -> None:
         session = self._require_session()
@@ -602,8 +780,8 @@ class SearchApp(widgets.VBox):
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod
-    def _stats_html(count: int, body: str) -> str:
-        return f'<div class="cb-stats" data-count="{int(count)}">{body}</div>'
+    def _stats_html(count: int, body: str, view: str = "answer") -> str:
+        return f'<div class="cb-stats" data-count="{int(count)}" data-view="{view}">{body}</div>'
 
     def __repr__(self) -> str:
         return f"SearchApp({self.catalog!r})"
