@@ -37,14 +37,15 @@ class LinearCodes:
     class_weight : None, "balanced" or dict, default "balanced"
         "balanced" gives both classes the same total weight, so a few marked positives are not
         drowned by hundreds of random negatives (scikit-learn's meaning).
-    max_iter : int, default 500
+    max_iter : int, default 50
+        Newton steps at most (it usually converges in under 10).
     random_state : None, int or Generator
-        Accepted for a uniform interface; the lbfgs solver is deterministic.
+        Accepted for a uniform interface; the solver is deterministic.
 
     Attributes: coef_ (d,) float64, intercept_ float, n_features_in_.
     """
 
-    def __init__(self, C=1.0, *, class_weight="balanced", max_iter=500, random_state=None):
+    def __init__(self, C=1.0, *, class_weight="balanced", max_iter=50, random_state=None):
         self.C = C
         self.class_weight = class_weight
         self.max_iter = max_iter
@@ -62,24 +63,54 @@ class LinearCodes:
         return self
 
     def fit(self, X, y, sample_weight=None) -> "LinearCodes":
-        """Fit on uint8 codes ``X`` (n, d) and 0/1 labels ``y`` (both classes needed). Returns self."""
-        from sklearn.linear_model import LogisticRegression
+        """Fit on uint8 codes ``X`` (n, d) and 0/1 labels ``y`` (both classes needed). Returns self.
 
+        Minimises ``0.5 |w|^2 + C * sum_i s_i * logloss_i`` (the intercept is not penalised), as
+        scikit-learn's ``LogisticRegression`` does, by Newton's method: with 33 parameters a step
+        is one small matrix product, so a fit takes about a millisecond (lbfgs in scikit-learn:
+        10-100x that), which matters because a refine cross-validates every family.
+        """
         if not (isinstance(self.C, (int, float, np.integer, np.floating)) and not isinstance(self.C, bool)
                 and np.isfinite(self.C) and self.C > 0):
             raise ValueError(f"C must be a finite number > 0; got {self.C!r}")
+        if not isinstance(self.max_iter, (int, np.integer)) or isinstance(self.max_iter, bool) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be an int >= 1; got {self.max_iter!r}")
         X = check_codes(X)
-        y = check_labels(y, X.shape[0])
+        y = check_labels(y, X.shape[0]).astype(np.float64)
         if y.min() == y.max():
             raise ValueError("LinearCodes needs both positive and negative rows to fit")
-        w = check_sample_weight(sample_weight, X.shape[0])
-        check_random_state(self.random_state)  # validated for uniformity; lbfgs draws nothing
-        lr = LogisticRegression(C=float(self.C), class_weight=self.class_weight, max_iter=int(self.max_iter))
-        lr.fit(centred(X), y, sample_weight=w)
-        self.coef_ = lr.coef_[0].astype(np.float64)
-        self.intercept_ = float(lr.intercept_[0])
+        s = check_sample_weight(sample_weight, X.shape[0]) * self._class_factors(y)
+        check_random_state(self.random_state)  # validated for uniformity; the solver draws nothing
+        A = np.column_stack([centred(X).astype(np.float64), np.ones(X.shape[0])])
+        penalty = np.ones(A.shape[1])
+        penalty[-1] = 0.0  # the intercept is not regularised
+        theta = np.zeros(A.shape[1])
+        C = float(self.C)
+        for _ in range(int(self.max_iter)):
+            p = 1.0 / (1.0 + np.exp(-(A @ theta)))
+            grad = penalty * theta + C * (A.T @ (s * (p - y)))
+            hess = np.diag(penalty) + C * (A.T * (s * p * (1 - p))) @ A
+            step = np.linalg.solve(hess + 1e-10 * np.eye(A.shape[1]), grad)
+            theta -= step
+            if np.abs(step).max() < 1e-6:
+                break
+        self.coef_ = theta[:-1].copy()
+        self.intercept_ = float(theta[-1])
         self.n_features_in_ = X.shape[1]
         return self
+
+    def _class_factors(self, y: np.ndarray) -> np.ndarray:
+        """Per-row class weights (scikit-learn's "balanced": n / (2 * count of the row's class))."""
+        cw = self.class_weight
+        if cw is None:
+            return np.ones_like(y)
+        if cw == "balanced":
+            counts = np.array([(y == 0).sum(), (y == 1).sum()], np.float64)
+            return (y.shape[0] / (2.0 * counts))[y.astype(np.int64)]
+        if isinstance(cw, dict) and set(cw) <= {0, 1} and all(float(v) > 0 for v in cw.values()):
+            return np.array([float(cw.get(0, 1.0)), float(cw.get(1, 1.0))])[y.astype(np.int64)]
+        raise ValueError(f"class_weight must be None, 'balanced' or a dict {{0: w0, 1: w1}} of positive "
+                         f"weights; got {cw!r}")
 
     def _check_fitted(self):
         if not hasattr(self, "coef_"):

@@ -46,3 +46,63 @@ def held_out_membership(make_model, X, y, sample_weight=None, *, n_splits: int =
         model = make_model(int(rng.integers(2**31 - 1))).fit(X[train], y[train], sample_weight=w[train])
         out[test] = np.asarray(model.predict(X[test])).astype(bool)
     return out
+
+
+def held_out_f1(held: np.ndarray, y: np.ndarray) -> float:
+    """F1 of held-out predictions (rows with -1, never held out, are skipped)."""
+    ok = held >= 0
+    pred, truth = held[ok] == 1, np.asarray(y)[ok] == 1
+    tp = int((pred & truth).sum())
+    return 0.0 if tp == 0 else 2 * tp / (int(pred.sum()) + int(truth.sum()))
+
+
+class BestFamily:
+    """The model family with the best cross-validated F1 on the training rows, refitted on all.
+
+    The same choice a search session makes for ``refine("auto")`` before any suggestion page has
+    been marked, for use on plain ``X, y`` (benchmarks, notebooks).
+
+    Parameters
+    ----------
+    families : dict name -> factory(seed) of an unfitted model, optional
+        Default: ensemble, linear, branches (the session's ``AUTO_FAMILIES``), engine defaults; on
+        a tie the first listed wins.
+    n_splits : int, default 3
+    random_state : None, int or Generator
+
+    Attributes: chosen_ (name), estimator_ (fitted), cv_f1_ (name -> held-out F1).
+    """
+
+    def __init__(self, families=None, *, n_splits: int = 3, random_state=None):
+        self.families = families
+        self.n_splits = n_splits
+        self.random_state = random_state
+
+    @staticmethod
+    def default_families() -> dict:
+        from .branches import DecisionBranches
+        from .ensemble import BranchEnsemble
+        from .linear import LinearCodes
+
+        return {"ensemble": lambda s: BranchEnsemble(random_state=s),
+                "linear": lambda s: LinearCodes(random_state=s),
+                "branches": lambda s: DecisionBranches(random_state=s)}
+
+    def fit(self, X, y, sample_weight=None) -> "BestFamily":
+        families = self.default_families() if self.families is None else dict(self.families)
+        if not families:
+            raise ValueError("families must name at least one model factory")
+        rng = check_random_state(self.random_state)
+        seed = int(rng.integers(2**31 - 1))
+        self.cv_f1_ = {name: held_out_f1(held_out_membership(make, X, y, sample_weight, n_splits=self.n_splits,
+                                                             random_state=seed), y)
+                       for name, make in families.items()}
+        names = list(families)
+        self.chosen_ = max(names, key=lambda n: (round(self.cv_f1_[n], 3), -names.index(n)))
+        self.estimator_ = families[self.chosen_](seed).fit(X, y, sample_weight=sample_weight)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        if not hasattr(self, "estimator_"):
+            raise ValueError("this BestFamily is not fitted yet; call fit(X, y) first")
+        return np.asarray(self.estimator_.predict(X)).astype(bool)
