@@ -8,6 +8,7 @@ listens on 127.0.0.1 only and is stopped by its PID (its whole process group, ke
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,6 +113,43 @@ def tile_state(page) -> list[tuple[int, str]]:
 def stats_count(page) -> int | None:
     value = page.eval_on_selector_all(".cb-stats[data-count]", "els => els.map(e => e.dataset.count)")
     return int(value[-1]) if value else None
+
+
+def stats_view(page) -> str | None:
+    """What the statistics say the grid shows: "answer" or "suggestions"."""
+    value = page.eval_on_selector_all(".cb-stats[data-view]", "els => els.map(e => e.dataset.view)")
+    return value[-1] if value else None
+
+
+def view_state(page) -> str | None:
+    """The label of the Show toggle's pressed button ("answer" or "suggestions to mark")."""
+    value = page.eval_on_selector_all(".cb-view button.mod-active", "els => els.map(e => e.textContent.trim())")
+    return value[-1] if value else None
+
+
+def tile_notes(page) -> dict[int, str]:
+    """data-id -> data-note of every rendered tile that has a note."""
+    pairs = page.eval_on_selector_all(".cb-tile[data-note]", "els => els.map(e => [Number(e.dataset.id), e.dataset.note])")
+    return {i: note for i, note in pairs}
+
+
+def app_timings(page) -> dict[str, float]:
+    """The last refine's own timings as the statistics show them, in seconds: ``total`` (query
+    time) and each part of the breakdown (encode, nn, sampling, cv, train, apply)."""
+    text = page.evaluate("() => { const s = [...document.querySelectorAll('.cb-stats')].pop();"
+                         " return s ? s.textContent : ''; }")
+    out = {k: float(v) / 1000.0 for k, v in re.findall(r"\b(encode|nn|sampling|cv|train|apply) ([\d.]+) ms", text)}
+    total = re.search(r"query time ([\d.]+) s", text)
+    if total:
+        out["total"] = float(total.group(1))
+    return out
+
+
+def estimate_state(page) -> dict | None:
+    """The answer's estimate as the page shows it: precision, recall, f1 (floats) and its text."""
+    return page.evaluate("() => { const e = [...document.querySelectorAll('.cb-estimate')].pop();"
+                         " return e ? {precision: Number(e.dataset.precision), recall: Number(e.dataset.recall),"
+                         " f1: Number(e.dataset.f1), text: e.textContent.trim()} : null; }")
 
 
 @contextmanager

@@ -426,7 +426,8 @@ def test_label_next_after_refine_then_refine_again(searched):
     assert second.estimate["n_pages"] == 1 and second.estimate["n_sampled"] == len(page)
     precision, recall, _ = _estimate(app)
     assert 0 <= precision <= 1 and 0 <= recall <= 1
-    assert "Horvitz-Thompson" in html.unescape(app.stats.value)
+    assert second.estimate["method"] != first.estimate["method"]  # the page, not cross-validation alone
+    assert f"(estimate: {second.estimate['method']})" in html.unescape(app.stats.value)
     assert len(app.session.pages) == pages
 
 

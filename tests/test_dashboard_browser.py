@@ -2,10 +2,14 @@
 headless Chromium (Debian's) is driven by Playwright through the stable ``cb-*`` CSS classes.
 
 Checks a newcomer's path end to end: search a demo concept, 60 tiles in the catalog's own order,
-mark tiles, fine-tune, the count equals what the session API computes for the same marks, load
-more, switch the model, an empty query shows ``cb-error``. Timings (page open to first grid,
-fine-tune click to painted results) and a screenshot go to the test's output folder; set
-``CB_BROWSER_RECORD=<folder>`` to also write them there (``benchmarks/bench_dashboard.py`` does).
+mark tiles, fine-tune (the default "Automatic" model), the count and the estimate equal what the
+session API computes for the same marks, load more, "Label next" shows the session's suggestions
+(noted in / not in the answer, the Show toggle on "suggestions to mark"), mark them, fine-tune
+again (the estimate now from the marked page), switch the model, an empty query shows
+``cb-error``. Timings (page open to first grid, fine-tune click to painted results, "Label next"
+click to painted suggestions, the fine-tune after marking them) and a screenshot go to the test's
+output folder; set ``CB_BROWSER_RECORD=<folder>`` to also write them there
+(``benchmarks/bench_dashboard.py`` does).
 
 Without Chromium the test is skipped, except when ``CB_REQUIRE_BROWSER=1`` (set by ``.ci/run``),
 where it fails: CI must never pass without running it.
@@ -21,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dashboard_driver import CHROMIUM, chromium_page, stats_count, tile_state, voila_server
+from dashboard_driver import CHROMIUM, app_timings, chromium_page, estimate_state, stats_count, stats_view, tile_notes, \
+    tile_state, view_state, voila_server
 
 from clipbranches_widgets import open_catalog
 from clipbranches_widgets.build import DEFAULT_CATALOG
@@ -42,12 +47,45 @@ def _require_browser():
                     "rebuild with python -m clipbranches_widgets build-catalog data/demo)")
 
 
-def _wait_tiles(page, n, first_id=None):
-    js = ("([n, first]) => { const t = document.querySelectorAll('.cb-tile');"
-          " return t.length >= n && (first === null || Number(t[0].dataset.id) === first); }")
-    page.wait_for_function(js, arg=[n, first_id], timeout=TIMEOUT_MS)
+def _wait_tiles(page, n, first_id=None, count=None):
+    """Wait for at least ``n`` tiles, the first one ``first_id``, and (when given) the statistics'
+    count ``count``: the grid and the statistics are separate widgets, updated one after the other."""
+    js = ("([n, first, count]) => { const t = document.querySelectorAll('.cb-tile');"
+          " const s = [...document.querySelectorAll('.cb-stats[data-count]')].pop();"
+          " return t.length >= n && (first === null || Number(t[0].dataset.id) === first)"
+          " && (count === null || (s && s.dataset.count === String(count))); }")
+    page.wait_for_function(js, arg=[n, first_id, count], timeout=TIMEOUT_MS)
     # two animation frames: the tiles are not only in the DOM but painted
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def _wait_painted(page):
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def _wait_answer(page, result):
+    """Wait until the grid shows ``result`` (a RefineResult) as the answer: its count in the
+    statistics, the answer view, the estimate, no suggestion notes, its first tiles; then painted."""
+    ids = result.ids[:15].tolist()  # the first page (the app's page_size)
+    page.wait_for_function(
+        "([count, ids]) => { const s = [...document.querySelectorAll('.cb-stats[data-count]')].pop();"
+        " if (!s || s.dataset.count !== String(count) || s.dataset.view !== 'answer') return false;"
+        " if (!s.querySelector('.cb-estimate')) return false;"
+        " const t = [...document.querySelectorAll('.cb-tile')].map(e => Number(e.dataset.id));"
+        " return !document.querySelector('.cb-tile[data-note]') && t.length >= ids.length"
+        " && ids.every((id, k) => t[k] === id); }",
+        arg=[result.count, ids], timeout=TIMEOUT_MS)
+    _wait_painted(page)
+
+
+def _check_estimate(page, result):
+    est = estimate_state(page)
+    assert est is not None, "no cb-estimate element"
+    assert 0 <= est["precision"] <= 1 and 0 <= est["recall"] <= 1, est
+    assert est["precision"] == pytest.approx(result.estimate["precision"], abs=1e-4)
+    assert est["recall"] == pytest.approx(result.estimate["recall"], abs=1e-4)
+    assert est["text"].startswith("Estimated precision") and f"(estimate: {result.estimate['method']})" in est["text"]
+    return est
 
 
 def test_dashboard_search_mark_refine_in_chromium(tmp_path):
@@ -70,7 +108,7 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
             timings["page_to_app_s"] = time.perf_counter() - t0
             page.fill(".cb-query input", QUERY)
             page.click(".cb-search")
-            _wait_tiles(page, 60, int(expected_ids[0]))
+            _wait_tiles(page, 60, int(expected_ids[0]), count=60)
             timings["page_to_first_grid_s"] = time.perf_counter() - t0
 
             # 60 tiles, exactly the catalog's own text-search order, none labelled yet
@@ -92,35 +130,102 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
             assert all(labels[tiles[k][0]] == "neg" for k in neg)
             assert pos, "the demo CLIP found no red star in the top 57"
 
-            # the same marks through the session API give the count the dashboard must show
+            # the same marks through the session API give the count the dashboard must show (the
+            # app's session is seeded 0 too, and draws its rounds' seeds in the same order)
             session = SearchSession(catalog, random_state=0)
             session.text_search(QUERY, k=60)
             session.label([tiles[k][0] for k in pos], "pos")
             session.label([tiles[k][0] for k in neg], "neg")
-            expected = session.refine("branches")
+            expected = session.refine()  # the selector's default: "auto"
 
             page.wait_for_selector(".cb-warmup[data-done='1']", state="attached", timeout=TIMEOUT_MS)
             t1 = time.perf_counter()
             page.click(".cb-refine")
-            page.wait_for_function(f"() => {{ const s = document.querySelectorAll('.cb-stats[data-count]');"
-                                   f" return s.length && s[s.length-1].dataset.count === '{expected.count}'"
-                                   f" && document.querySelector('.cb-refine button, button.cb-refine')"
-                                   f"; }}", timeout=TIMEOUT_MS)
-            _wait_tiles(page, min(15, expected.count), int(expected.ids[0]))
+            _wait_answer(page, expected)
             timings["refine_click_to_painted_s"] = time.perf_counter() - t1
             assert stats_count(page) == expected.count
+            assert page.inner_text(".cb-model-choice").startswith("Model:")
+            assert page.get_attribute(".cb-model-choice", "data-model") == expected.model_name
+            assert expected.selection["reason"] in page.inner_text(".cb-model-choice")
+            _check_estimate(page, expected)
+            timings["refine_model"] = expected.model_name
+            timings.update({f"refine_{k}_s": v for k, v in app_timings(page).items()})
             shown = tile_state(page)
             assert [i for i, _ in shown] == expected.ids[:len(shown)].tolist()
             marks = {tiles[k][0]: "pos" for k in pos} | {tiles[k][0]: "neg" for k in neg}
             assert all(lab == marks.get(i, "none") for i, lab in shown)  # labels survive the round
 
-            # load more
-            before = len(shown)
-            if before < expected.count:
+            # load more, twice: thumbnails are encoded a page ahead, so every new tile has its picture
+            for _ in range(2):
+                before = len(tile_state(page))
+                if before >= expected.count:
+                    break
                 page.click(".cb-more")
-                page.wait_for_function(f"() => document.querySelectorAll('.cb-tile').length > {before}",
+                page.wait_for_function(f"() => document.querySelectorAll('.cb-tile').length > {before}"
+                                       " && [...document.querySelectorAll('.cb-tile')].every(t => t.querySelector('img'))",
                                        timeout=TIMEOUT_MS)
                 assert [i for i, _ in tile_state(page)] == expected.ids[:len(tile_state(page))].tolist()
+
+            # "Label next": the session's next page of suggestions, each noted in / not in the answer
+            expected_page = session.suggest(60)
+            answer = set(expected.ids.tolist())
+            t2 = time.perf_counter()
+            page.click(".cb-next")
+            page.wait_for_function(
+                "([n, first]) => { const s = [...document.querySelectorAll('.cb-stats[data-view]')].pop();"
+                " const t = document.querySelectorAll('.cb-tile[data-note]');"
+                " return s && s.dataset.view === 'suggestions' && t.length === n"
+                " && Number(t[0].dataset.id) === first; }",
+                arg=[len(expected_page), int(expected_page.ids[0])], timeout=TIMEOUT_MS)
+            _wait_painted(page)
+            timings["next_click_to_painted_s"] = time.perf_counter() - t2
+            timings["refine_plus_next_painted_s"] = timings["refine_click_to_painted_s"] + timings["next_click_to_painted_s"]
+            suggested = tile_state(page)
+            assert [i for i, _ in suggested] == expected_page.ids.tolist()
+            assert {lab for _, lab in suggested} == {"none"}  # never an item already marked
+            notes = tile_notes(page)
+            assert notes == {i: ("in answer: right?" if i in answer else "not in answer: missed?")
+                             for i in expected_page.ids.tolist()}
+            assert page.locator(".cb-tile .cb-note").first.is_visible()
+            assert stats_view(page) == "suggestions" and view_state(page) == "suggestions to mark"
+            assert "Showing suggestions to mark" in page.inner_text(".cb-stats")
+            assert stats_count(page) == expected.count  # data-count: still the answer's count
+
+            # mark the page: "All positive", then a click turns each non-red-star negative
+            page.click(".cb-all-pos")
+            page.wait_for_function("() => [...document.querySelectorAll('.cb-tile')]"
+                                   ".every(t => t.dataset.label === 'pos')", timeout=TIMEOUT_MS)
+            wrong = [k for k, (i, _) in enumerate(suggested) if not truth[i]]
+            for k in wrong:
+                page.locator(".cb-tile").nth(k).click()
+            labels = dict(tile_state(page))
+            assert all(labels[i] == ("pos" if truth[i] else "neg") for i, _ in suggested)
+            session.label([i for i, _ in suggested if truth[i]], "pos")
+            session.label([i for i, _ in suggested if not truth[i]], "neg")
+            expected2 = session.refine()
+            assert expected2.estimate["n_pages"] == 1 and expected2.estimate["n_sampled"] == len(suggested)
+
+            # fine-tune again: the answer view is back, with the estimate from the marked page
+            t3 = time.perf_counter()
+            page.click(".cb-refine")
+            _wait_answer(page, expected2)
+            timings["refine_after_suggestions_painted_s"] = time.perf_counter() - t3
+            assert stats_count(page) == expected2.count and view_state(page) == "answer"
+            assert [i for i, _ in tile_state(page)] == expected2.ids[:len(tile_state(page))].tolist()
+            est = _check_estimate(page, expected2)
+            assert expected2.estimate["method"] in est["text"]  # from the marked page, not cross-validation only
+            timings["estimate_after_suggestions"] = {k: est[k] for k in ("precision", "recall")}
+            timings["refine2_model"] = expected2.model_name
+            timings.update({f"refine2_{k}_s": v for k, v in app_timings(page).items()})
+
+            # the Show toggle goes back to the same page of suggestions (marks kept), then to the answer
+            page.locator(".cb-view button", has_text="suggestions to mark").click()
+            page.wait_for_function("() => document.querySelectorAll('.cb-tile[data-note]').length > 0",
+                                   timeout=TIMEOUT_MS)
+            assert stats_view(page) == "suggestions"
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=False)
+            page.locator(".cb-view button", has_text="answer").click()
+            _wait_answer(page, expected2)
 
             # switch the model to the ensemble and fine-tune again
             page.select_option(".cb-model select", label="Branch ensemble")
@@ -128,12 +233,9 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
             page.click(".cb-refine")
             page.wait_for_function("() => !document.querySelector('.cb-refine').disabled"
                                    " && document.querySelector('.cb-stats') !== null", timeout=TIMEOUT_MS)
-            page.wait_for_function("() => document.querySelector('.cb-stats pre, .cb-stats')"
-                                   ".textContent.toLowerCase().includes('ensemble')", timeout=TIMEOUT_MS)
+            page.wait_for_selector(".cb-model-choice[data-model='ensemble']", state="attached", timeout=TIMEOUT_MS)
             assert stats_count(page) is not None and stats_count(page) > 0
-            timings["ensemble_count"], timings["branches_count"] = stats_count(page), old
-
-            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=False)
+            timings["ensemble_count"], timings["auto_count"] = stats_count(page), old
 
             # export: a real download of the CSV with every positive of the last round
             page.click(".cb-export-csv")
@@ -153,7 +255,7 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
             expected_similar, _ = catalog.search_image(item, k=60)
             page.locator(".cb-tile").nth(2).hover()
             page.locator(".cb-tile").nth(2).locator(".cb-similar").click()
-            _wait_tiles(page, 60, int(expected_similar[0]))
+            _wait_tiles(page, 60, int(expected_similar[0]), count=60)
             assert [i for i, _ in tile_state(page)] == expected_similar.tolist()
             assert expected_similar[0] == item  # an item's own picture is its nearest neighbour
 
@@ -179,4 +281,4 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
         shutil.copy(tmp_path / "dashboard.png", out / "dashboard.png")
         with open(out / "dashboard_timings.jsonl", "a") as f:
             f.write(json.dumps(timings) + "\n")
-    assert np.isfinite(list(timings.values())).all()
+    assert np.isfinite([v for v in timings.values() if isinstance(v, float)]).all()

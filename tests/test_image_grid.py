@@ -312,3 +312,26 @@ def test_failed_show_keeps_the_notes(grid):
     with pytest.raises(ValueError, match="not among"):
         grid.show([5], notes={6: "b"})
     assert grid.notes == {"1": "a"} and [t["id"] for t in grid.tiles] == [1, 2]
+
+
+def test_thumbnails_are_encoded_one_page_ahead():
+    """show() encodes the shown tiles plus one page; each "Load more" encodes one page further."""
+    called = []
+    g = ImageGrid(page_size=4, max_thumbnails=14)
+    g.show(range(20), thumbnail=lambda i: called.append(i) or thumb(i))
+    assert called == list(range(8)) and g.shown == 4
+    assert [bool(t["src"]) for t in g.tiles] == [True] * 8 + [False] * 12
+    g.load_more()  # shows 4..7, already encoded; encodes 8..11 for the next click
+    assert called == list(range(12)) and g.shown == 8
+    g.set_state({"shown": 12})  # "Load more" from the browser
+    assert called == list(range(14))  # never beyond max_thumbnails
+    g.set_state({"shown": 20})
+    assert called == list(range(14)) and [bool(t["src"]) for t in g.tiles] == [True] * 14 + [False] * 6
+    assert g.tiles[9]["src"].endswith(base64.b64encode(thumb(9)).decode()[-8:])
+    # a later show starts over with its own callable; a show of all at once encodes them all
+    other = []
+    g.show([50, 51, 52], thumbnail=lambda i: other.append(i) or JPEG, shown=3)
+    assert other == [50, 51, 52] and called == list(range(14))
+    g.show([60, 61, 62, 63, 64, 65, 66, 67, 68])  # no thumbnails: nothing is encoded later either
+    g.load_more()
+    assert other == [50, 51, 52] and all(t["src"] == "" for t in g.tiles)

@@ -603,7 +603,6 @@ class SearchApp(widgets.VBox):
 
     def _render_search(self, result) -> None:
         """The grid and statistics for a search's results (the "answer" view before any refine)."""
-        self._show_items(result.ids, result.scores, shown=len(result))
         t = result.timings
         total = sum(float(v) for v in t.values())
         body = (f'<span class="cb-view-name">Showing the answer:</span> <b>{len(result)}</b> results for '
@@ -611,6 +610,7 @@ class SearchApp(widgets.VBox):
                 f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))}</div>'
                 + self._marks_html())
         self.stats.value = self._stats_html(len(result), body)
+        self._show_items(result.ids, result.scores, shown=len(result))  # last: the grid paints a finished view
 
     def _do_refine(self) -> None:
         session = self._require_session()
@@ -664,7 +664,6 @@ class SearchApp(widgets.VBox):
 
     def _render_refine(self, result) -> None:
         """The grid and statistics for a refine's answer."""
-        self._show_items(result.ids, result.scores)  # first page; "Load more" shows the rest
         t = result.timings
         boxes = "n/a" if result.n_boxes is None else str(result.n_boxes)
         method = result.stats.get("method")
@@ -681,6 +680,7 @@ class SearchApp(widgets.VBox):
                 f" &middot; random negatives: {result.n_random_negatives} "
                 f"({html.escape(result.negatives_source)}) &middot; seed {result.random_state}</div>")
         self.stats.value = self._stats_html(result.count, body)
+        self._show_items(result.ids, result.scores)  # first page; "Load more" shows the rest
 
     # -- suggestions ("Label next") and the Show toggle ---------------------------------------
 
@@ -727,7 +727,6 @@ class SearchApp(widgets.VBox):
         """The grid and statistics for a page of suggestions: each tile noted in / not in the answer."""
         in_answer = np.asarray(page.in_answer, bool)
         notes = {int(i): NOTE_IN_ANSWER if a else NOTE_EXPLORE for i, a in zip(page.ids, in_answer)}
-        self._show_items(page.ids, None, shown=len(page), notes=notes)  # scores: draw probabilities, not shown
         answer = self.last_result
         n_in, n_out = int(in_answer.sum()), int((~in_answer).sum())
         refined = answer is not None and hasattr(answer, "model_name")
@@ -746,6 +745,7 @@ class SearchApp(widgets.VBox):
                 + self._marks_html())
         count = answer.count if refined else (len(answer) if answer is not None else 0)
         self.stats.value = self._stats_html(count, body, view="suggestions")
+        self._show_items(page.ids, None, shown=len(page), notes=notes)  # scores: draw probabilities, not shown
 
     def _do_undo(self) -> None:
         session = self._require_session()

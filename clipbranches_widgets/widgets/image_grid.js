@@ -2,7 +2,8 @@
 // Stable hooks for tests and automation: .cb-grid, .cb-tile[data-id][data-label] (and
 // [data-note] + .cb-note on a tile with a note), .cb-all-pos, .cb-all-neg, .cb-all-none, .cb-more.
 // Label changes only touch data-label attributes; <img> elements are rebuilt only when
-// `tiles` changes, and "Load more" only appends, so 500 tiles stay cheap.
+// `tiles` changes to other tiles (Python filling in thumbnails one page ahead only replaces the
+// tiles that gain a picture), and "Load more" only appends, so 500 tiles stay cheap.
 
 const NEXT = { none: "pos", pos: "neg", neg: "none" };
 
@@ -139,6 +140,31 @@ function render({ model, el }) {
     updateBar();
   }
 
+  // `tiles` changed: the same tiles with thumbnails filled in (Python encodes them one page
+  // ahead of "Load more") only swap those tiles; anything else rebuilds the grid.
+  let lastTiles = model.get("tiles");
+  const sameButSrc = (a, b) => a.length === b.length && a.every((t, k) =>
+    t.id === b[k].id && t.caption === b[k].caption && t.score === b[k].score);
+
+  function onTiles() {
+    const tiles = model.get("tiles");
+    const previous = lastTiles;
+    lastTiles = tiles;
+    if (!sameButSrc(tiles, previous)) {
+      syncTiles(true);
+      return;
+    }
+    const before = new Set(model.get("labelled_before"));
+    const els = [...grid.children];
+    els.forEach((t, k) => {
+      if (tiles[k].src === previous[k].src) return;
+      const fresh = makeTile(tiles[k], before);
+      tileEls.set(fresh.dataset.id, fresh);
+      t.replaceWith(fresh);
+    });
+    updateBar();
+  }
+
   function syncLabels() {
     const labels = model.get("labels");
     for (const [id, t] of tileEls) {
@@ -229,7 +255,7 @@ function render({ model, el }) {
 
   // One event name per entry: the model anywidget hands us may not split space-separated names.
   const handlers = [
-    ["change:tiles", () => syncTiles(true)],
+    ["change:tiles", onTiles],
     ["change:shown", () => syncTiles(false)],
     ["change:labels", syncLabels],
     ["change:labelled_before", syncBefore],

@@ -92,8 +92,9 @@ class ImageGrid(anywidget.AnyWidget):
     Traitlets (all synced with the front end):
 
     - ``tiles``: list of ``{"id": int, "src": str, "caption": str, "score": float | None}``;
-      ``src`` is a ``data:image/jpeg;base64,...`` URI, or ``""`` for a tile without a thumbnail.
-      Fill it with :meth:`show` rather than by hand.
+      ``src`` is a ``data:image/jpeg;base64,...`` URI, or ``""`` for a tile without a thumbnail
+      (or whose thumbnail is not encoded yet, see below). Fill it with :meth:`show` rather than
+      by hand.
     - ``labels``: ``{str(id): "pos" | "neg"}``; unlabelled ids are absent. Keys are strings
       because the state travels as JSON. It may hold ids that are not in ``tiles`` (labels from
       earlier pages or rounds); the grid shows the labels of the ids it shows.
@@ -105,8 +106,12 @@ class ImageGrid(anywidget.AnyWidget):
     - ``shown``: how many of ``tiles`` are shown, from the start of the list.
     - ``columns``, ``tile_size`` (pixels), ``disabled`` (ignore clicks and keys).
 
-    Thumbnails are sent as base64 inside the widget state, so only the first ``max_thumbnails``
-    tiles passed to :meth:`show` get one; later tiles show their caption in an empty frame.
+    Thumbnails are sent as base64 inside the widget state, so they are encoded lazily: the tiles
+    shown plus one page ahead (``shown + page_size``), and one more page each time ``shown``
+    grows ("Load more"), so the next page is ready before it is asked for. Only the first
+    ``max_thumbnails`` tiles passed to :meth:`show` ever get one; later tiles show their caption
+    in an empty frame. Filling in thumbnails changes only ``src`` values, which the front end
+    updates in place.
     """
 
     _esm = _HERE / "image_grid.js"
@@ -131,6 +136,8 @@ class ImageGrid(anywidget.AnyWidget):
         if not isinstance(max_thumbnails, numbers.Integral) or max_thumbnails < 0:
             raise ValueError(f"max_thumbnails must be a non-negative integer, got {max_thumbnails!r}")
         self.max_thumbnails = int(max_thumbnails)
+        self._thumbnail: Callable[[int], bytes | None] | None = None  # of the current tiles
+        self._encoded = 0  # leading tiles whose thumbnail has been asked for
         self._label_callbacks: list[Callable[[list[int], str], object]] = []
         self._similar_callbacks: list[Callable[[int], object]] = []
         super().__init__(page_size=page_size, columns=columns, tile_size=tile_size,
@@ -179,6 +186,22 @@ class ImageGrid(anywidget.AnyWidget):
         if self.shown > len(change.new):
             self.shown = len(change.new)
 
+    @traitlets.observe("shown", "page_size")
+    def _encode_ahead(self, _change):
+        # "Load more" (from the browser or Python): encode the thumbnails of the next page now
+        upto = self._encode_limit(self.shown, len(self.tiles))
+        if self._thumbnail is None or upto <= self._encoded:
+            return
+        tiles = list(self.tiles)
+        for n in range(self._encoded, upto):
+            tiles[n] = {**tiles[n], "src": _data_uri(self._thumbnail(tiles[n]["id"]))}
+        self._encoded = upto
+        self.tiles = tiles
+
+    def _encode_limit(self, shown: int, n_tiles: int) -> int:
+        """How many leading tiles should have their thumbnail: those shown plus one page."""
+        return min(n_tiles, shown + self.page_size, self.max_thumbnails)
+
     @traitlets.observe("labels")
     def _notify_labels(self, change):
         old, new = change.old or {}, change.new or {}
@@ -204,8 +227,9 @@ class ImageGrid(anywidget.AnyWidget):
         """Replace the tiles with ``ids`` (in display order) and show the first page.
 
         ``scores`` and ``captions`` run parallel to ``ids``; non-finite scores show as none.
-        ``thumbnail(id)`` returns JPEG bytes (or None); it is called only for the first
-        ``max_thumbnails`` ids. ``labels`` (``{id: "pos" | "neg" | "none"}``), when given,
+        ``thumbnail(id)`` returns JPEG bytes (or None); it is called for the tiles shown plus
+        one page now, for later tiles as they come into view ("Load more"), and never beyond the
+        first ``max_thumbnails`` ids. ``labels`` (``{id: "pos" | "neg" | "none"}``), when given,
         replaces all labels, and callbacks hear about the differences; when None the labels
         are kept. ``labelled_before``, when given, replaces the ids that get a badge.
         ``shown`` defaults to ``page_size`` and is capped at ``len(ids)``. ``notes``
@@ -231,17 +255,18 @@ class ImageGrid(anywidget.AnyWidget):
         before = None if labelled_before is None else _check_ids(labelled_before)
         new_notes = self._notes_from_mapping({} if notes is None else notes, set(ids))
 
+        new_shown = self.page_size if shown is None else int(shown)
+        upto = self._encode_limit(new_shown, len(ids)) if thumbnail is not None else 0
         tiles = [
-            {"id": i, "caption": c, "score": s,
-             "src": _data_uri(thumbnail(i)) if thumbnail is not None and n < self.max_thumbnails
-             else ""}
+            {"id": i, "caption": c, "score": s, "src": _data_uri(thumbnail(i)) if n < upto else ""}
             for n, (i, s, c) in enumerate(zip(ids, scores, captions))
         ]
         # One sync message for the lot, so the front end never renders a half-updated grid.
         with self.hold_sync():
+            self._thumbnail, self._encoded = thumbnail, upto
             self.tiles = tiles
             self.notes = new_notes
-            self.shown = self.page_size if shown is None else int(shown)
+            self.shown = new_shown
             if before is not None:
                 self.labelled_before = before
             if new_labels is not None:
