@@ -82,7 +82,7 @@ def test_css_classes_and_defaults(app):
     classes = {"cb-query": app.query, "cb-search": app.search_button, "cb-model": app.model,
                "cb-negatives": app.negatives, "cb-weight": app.weight, "cb-refine": app.refine_button,
                "cb-undo": app.undo_button, "cb-upload": app.upload, "cb-more-like": app.more_like_button,
-               "cb-next": app.next_button, "cb-view": app.view,
+               "cb-next": app.next_button, "cb-view": app.view, "cb-marks-area": app.marks,
                "cb-catalog": app.catalog_select, "cb-export-csv": app.export_csv_button,
                "cb-export-json": app.export_json_button, "cb-save-session": app.save_button, "cb-app": app}
     for cls, widget in classes.items():
@@ -133,6 +133,7 @@ def test_grid_labels_reach_session_and_undo(searched):
     session = app.session
     stars, rings = _ids(app.catalog, "a red star", 12), _ids(app.catalog, "a blue ring", 5)
     assert session.positives == sorted(stars) and session.negatives == sorted(rings)
+    assert '<span class="cb-marks" data-pos="12" data-neg="5">marked: 12 positive, 5 negative' in app.marks.value
     app.grid.label_all("none")  # the "All none" button on the shown tiles
     cleared = [i for i in app.grid.shown_ids if i in stars or i in rings]
     assert all(session.labels.get(i) is None for i in cleared)
@@ -141,6 +142,7 @@ def test_grid_labels_reach_session_and_undo(searched):
     assert {int(k): v for k, v in app.grid.labels.items()} == session.labels
     app.undo_button.click()  # undo the negatives
     assert session.negatives == [] and all(app.grid.label_of(i) == "none" for i in rings)
+    assert 'data-pos="12" data-neg="0"' in app.marks.value
     app.undo_button.click()
     app.undo_button.click()  # nothing left
     assert "nothing to undo" in _error(app)
@@ -297,6 +299,7 @@ def test_catalog_switching(tiny_catalog, tiny_catalog_path):
     assert app.session is not first and app.session.labels == {}
     assert app.catalog is not tiny_catalog and Path(app.catalog.path) == Path(tiny_catalog_path)
     assert app.grid.tiles == [] and app.grid.labels == {} and _count(app) == 0
+    assert 'data-pos="0" data-neg="0"' in app.marks.value
     app.query.value = "a blue ring"
     app.search_button.click()
     assert len(app.grid.tiles) == 60 and first.labels  # the old session is untouched

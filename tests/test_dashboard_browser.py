@@ -200,6 +200,9 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
                 page.locator(".cb-tile").nth(k).click()
             labels = dict(tile_state(page))
             assert all(labels[i] == ("pos" if truth[i] else "neg") for i, _ in suggested)
+            page.evaluate("() => document.querySelector('.cb-app').scrollIntoView({block: 'start'})")  # clicks scrolled down
+            _wait_painted(page)
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=False)  # the README's picture
             session.label([i for i, _ in suggested if truth[i]], "pos")
             session.label([i for i, _ in suggested if not truth[i]], "neg")
             expected2 = session.refine()
@@ -218,14 +221,22 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
             timings["refine2_model"] = expected2.model_name
             timings.update({f"refine2_{k}_s": v for k, v in app_timings(page).items()})
 
-            # the Show toggle goes back to the same page of suggestions (marks kept), then to the answer
-            page.locator(".cb-view button", has_text="suggestions to mark").click()
-            page.wait_for_function("() => document.querySelectorAll('.cb-tile[data-note]').length > 0",
-                                   timeout=TIMEOUT_MS)
-            assert stats_view(page) == "suggestions"
-            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=False)
-            page.locator(".cb-view button", has_text="answer").click()
-            _wait_answer(page, expected2)
+            # the Show toggle: a new answer has no suggestions yet, so "suggestions to mark" draws the
+            # next page (for the new answer); back to the answer, and again the same page (no new draw)
+            expected_page2 = session.suggest(60)
+            toggle = page.locator(".cb-view button", has_text="suggestions to mark")
+            for _ in range(2):
+                toggle.click()
+                page.wait_for_function(
+                    "(ids) => { const t = [...document.querySelectorAll('.cb-tile[data-note]')];"
+                    " return t.length === ids.length && t.every((e, k) => Number(e.dataset.id) === ids[k]); }",
+                    arg=expected_page2.ids.tolist(), timeout=TIMEOUT_MS)
+                _wait_painted(page)
+                assert stats_view(page) == "suggestions" and view_state(page) == "suggestions to mark"
+                assert {lab for _, lab in tile_state(page)} == {"none"}
+                page.locator(".cb-view button", has_text="answer").click()
+                _wait_answer(page, expected2)
+                assert view_state(page) == "answer"
 
             # switch the model to the ensemble and fine-tune again
             page.select_option(".cb-model select", label="Branch ensemble")

@@ -8,10 +8,11 @@ Layout (after the original web app, reference section 5):
   each tile also has its own "more like this" (its ≈ button on hover, or the "s" key);
 - an options row: model selector ("Automatic (best for your marks)" by default: the session fits
   ensemble, linear and branches and keeps the best estimated F1), random negatives slider,
-  negative weight slider, Fine-tune, "Label next" (a page of suggestions to mark, from
-  :meth:`SearchSession.suggest`), Undo (reverts the last marking action);
-- an error line, a "Show: answer | suggestions to mark" toggle (what the grid holds: the last
-  search's results or refine's answer, or the last page of suggestions), a statistics panel (which
+  negative weight slider, Fine-tune;
+- an error line; a "Show: answer | suggestions to mark" toggle (what the grid holds: the last
+  search's results or refine's answer, or the last page of suggestions), "Label next" (a fresh
+  page of suggestions to mark, from :meth:`SearchSession.suggest`), Undo (reverts the last
+  marking action) and how many items are marked; a statistics panel (which
   of the two is shown, the model chosen and why, and the answer's estimated precision and
   recall), the :class:`ImageGrid` (with its own All ✓ / All ✗ / All none / Load more buttons;
   suggested tiles carry a note: "in answer: right?" or "not in answer: missed?");
@@ -31,7 +32,8 @@ grid shows), inside it after a refine ``<div class="cb-model-choice" data-model=
 family used and why) and ``<div class="cb-estimate" data-precision="P" data-recall="R"
 data-f1="F">`` (the answer's estimated quality, numbers in [0, 1], and how it was estimated), the
 download area ``<a class="cb-download" ...>``, the warm-up note ``<span class="cb-warmup"
-data-done="0|1">``. The grid's own classes (tiles, their ``data-note``) are documented in
+data-done="0|1">``, the marks counter ``<span class="cb-marks" data-pos="N" data-neg="M">``
+(next to Undo, updated on every mark). The grid's own classes (tiles, their ``data-note``) are documented in
 :mod:`clipbranches_widgets.widgets.image_grid`.
 
 The default catalog is ``$CB_CATALOG`` when that environment variable is set, else
@@ -284,16 +286,16 @@ class SearchApp(widgets.VBox):
         self.undo_button.on_click(lambda _b: self._guard(self._do_undo))
         self.busy = widgets.HTML("")
         self.busy.add_class("cb-busy")
-        options_row = widgets.HBox([self.model, self.negatives, self.weight, self.refine_button,
-                                    self.next_button, self.undo_button, self.busy],
+        options_row = widgets.HBox([self.model, self.negatives, self.weight, self.refine_button, self.busy],
                                    layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
 
         self.error = widgets.HTML("")
         self.error.add_class("cb-error-area")
         self.stats = widgets.HTML(self._stats_html(0, "No search yet: type a query and press Enter."))
         self.stats.add_class("cb-stats-area")
-        self.view = widgets.ToggleButtons(options=list(VIEW_OPTIONS), value="answer", description="Show:",
-                                          disabled=True, style={"button_width": "auto"},
+        self.view = widgets.ToggleButtons(options=list(VIEW_OPTIONS), value="answer",
+                                          disabled=True, layout=widgets.Layout(width="auto"),
+                                          style={"button_width": "auto"},
                                           tooltips=["The last search's results, or every match of the last "
                                                     "fine-tuning", "A page of items to mark next (Label next)"])
         self.view.add_class("cb-view")
@@ -327,7 +329,11 @@ class SearchApp(widgets.VBox):
         self._controls = [self.query, self.search_button, self.upload, self.more_like_button, self.model,
                           self.negatives, self.weight, self.refine_button, self.undo_button,
                           self.export_csv_button, self.export_json_button, self.save_button]
-        self.children = [top, query_row, options_row, self.error, self.view, self.stats, self.grid,
+        self.marks = widgets.HTML(self._marks_html())
+        self.marks.add_class("cb-marks-area")
+        view_row = widgets.HBox([widgets.Label("Show:"), self.view, self.next_button, self.undo_button, self.marks],
+                                layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        self.children = [top, query_row, options_row, self.error, view_row, self.stats, self.grid,
                          self.model_panel, export_row]
 
     # -- catalogs ------------------------------------------------------------------------------
@@ -357,6 +363,7 @@ class SearchApp(widgets.VBox):
 
         self.catalog = catalog
         self.session = SearchSession(catalog, random_state=self.random_state)
+        self._update_marks()
         self._set_enabled(True)
         self._clear_error()
         self.upload.layout.display = ""
@@ -392,6 +399,7 @@ class SearchApp(widgets.VBox):
         self.sql.value = '<pre class="cb-code cb-sql">n/a</pre>'
         self.download.value = ""
         self._set_view("answer")
+        self._update_marks()
 
     def _set_enabled(self, enabled: bool) -> None:
         for w in self._controls:
@@ -497,6 +505,7 @@ class SearchApp(widgets.VBox):
             self.session.label(list(ids), label)
             if label == "pos" and ids:
                 self._last_positive = int(ids[-1])
+            self._update_marks()
             self._clear_error()
         except ValueError as exc:
             self._show_error(str(exc))
@@ -598,8 +607,13 @@ class SearchApp(widgets.VBox):
         return f"item {query['item_id']}" if query.get("item_id") is not None else "the uploaded picture"
 
     def _marks_html(self) -> str:
-        return (f'<div class="cb-counts">marked: {len(self.session.positives)} positive, '
-                f'{len(self.session.negatives)} negative</div>')
+        session = getattr(self, "session", None)
+        pos, neg = (0, 0) if session is None else (len(session.positives), len(session.negatives))
+        return (f'<span class="cb-marks" data-pos="{pos}" data-neg="{neg}">marked: {pos} positive, '
+                f'{neg} negative</span>')
+
+    def _update_marks(self) -> None:
+        self.marks.value = self._marks_html()
 
     def _render_search(self, result) -> None:
         """The grid and statistics for a search's results (the "answer" view before any refine)."""
@@ -607,8 +621,7 @@ class SearchApp(widgets.VBox):
         total = sum(float(v) for v in t.values())
         body = (f'<span class="cb-view-name">Showing the answer:</span> <b>{len(result)}</b> results for '
                 f"{self._query_words(result.query)} &middot; query time {total:.3f} s"
-                f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))}</div>'
-                + self._marks_html())
+                f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))}</div>')
         self.stats.value = self._stats_html(len(result), body)
         self._show_items(result.ids, result.scores, shown=len(result))  # last: the grid paints a finished view
 
@@ -741,8 +754,7 @@ class SearchApp(widgets.VBox):
                 f"(<i>{NOTE_EXPLORE}</i>). Mark them and press Fine-tune: the next estimate uses them."
                 f'<div class="cb-counts">about {what} &middot; picked in '
                 f'{_ms(page.timings.get("suggest", 0))}</div>'
-                + (self._choice_html(answer) + _estimate_html(answer.estimate) if refined else "")
-                + self._marks_html())
+                + (self._choice_html(answer) + _estimate_html(answer.estimate) if refined else ""))
         count = answer.count if refined else (len(answer) if answer is not None else 0)
         self.stats.value = self._stats_html(count, body, view="suggestions")
         self._show_items(page.ids, None, shown=len(page), notes=notes)  # scores: draw probabilities, not shown
@@ -751,6 +763,7 @@ class SearchApp(widgets.VBox):
         session = self._require_session()
         session.undo()
         self._sync_grid_labels()
+        self._update_marks()
         self._clear_error()
 
     # -- exports -------------------------------------------------------------------------------
