@@ -6,8 +6,8 @@ Layout (after the original web app, reference section 5):
 - a query row: text box (Enter submits) and Search, "Search by image" upload (any picture),
   and "More like this", which searches by the item most recently marked positive in the grid;
   each tile also has its own "more like this" (its ≈ button on hover, or the "s" key);
-- an options row: model selector ("Automatic (best for your marks)" by default: the session fits
-  ensemble, linear and branches and keeps the best estimated F1), random negatives slider,
+- an options row: model selector ("Automatic (best for your marks)" by default: the session's
+  ``refine("auto")`` fits several families and keeps the best estimated F1), random negatives slider,
   negative weight slider, Fine-tune;
 - an error line; a "Show: answer | suggestions to mark" toggle (what the grid holds: the last
   search's results or refine's answer, or the last page of suggestions), "Label next" (a fresh
@@ -439,9 +439,10 @@ class SearchApp(widgets.VBox):
 
     def _warm_up(self, catalog, event: threading.Event) -> None:
         """Load the query encoder, build/load the box index, and run what the first Fine-tune and
-        "Label next" run: a throwaway session's refine("auto") (ensemble, linear and branches, with
-        their cross-validation, on marks of one item's neighbours) and suggest, so the Numba
-        kernels are compiled and the code paths are warm."""
+        "Label next" run: a throwaway session's refine("auto") (every family it tries, with their
+        cross-validation, on marks of one item's neighbours), a refine of each of branches /
+        ensemble / linear that "auto" did not try, and suggest, so the Numba kernels are compiled
+        and the code paths are warm."""
         t0 = time.perf_counter()
         problems = []
         try:
@@ -459,7 +460,11 @@ class SearchApp(widgets.VBox):
                 third = max(2, len(shown) // 3)
                 warm.label(shown[:third], "pos")
                 warm.label(shown[third:], "neg")
-                warm.refine("auto", n_random_negatives=min(500, catalog.n_items - len(shown)))
+                n_random = min(500, catalog.n_items - len(shown))
+                tried = set(warm.refine("auto", n_random_negatives=n_random).selection) - {"reason"}
+                for family in ("ensemble", "linear", "branches"):
+                    if family not in tried:
+                        warm.refine(family, n_random_negatives=n_random)
                 warm.suggest(min(self.k, catalog.n_items))
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"engine: {exc}")
