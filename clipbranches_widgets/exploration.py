@@ -98,8 +98,11 @@ def inclusion_probabilities(weights: np.ndarray, k: int) -> np.ndarray:
     if k <= 0:
         return pi
     certain = np.zeros(w.shape, bool)
+    c = 0.0
     while True:
         rest = ~certain & (w > 0)
+        if not rest.any():
+            break
         c = (k - certain.sum()) / w[rest].sum()
         newly = rest & (c * w >= 1.0)
         if not newly.any():

@@ -35,8 +35,8 @@ class LinearCodes:
     C : float > 0, default 1.0
         Inverse L2 regularisation strength (scikit-learn's ``LogisticRegression``).
     class_weight : None, "balanced" or dict, default "balanced"
-        "balanced" gives both classes the same total weight, so a few marked positives are not
-        drowned by hundreds of random negatives (scikit-learn's meaning).
+        "balanced" gives both classes the same total (sample-weighted) weight, so a few marked
+        positives are not drowned by hundreds of random negatives (scikit-learn's meaning).
     max_iter : int, default 50
         Newton steps at most (it usually converges in under 10).
     random_state : None, int or Generator
@@ -79,7 +79,8 @@ class LinearCodes:
         y = check_labels(y, X.shape[0]).astype(np.float64)
         if y.min() == y.max():
             raise ValueError("LinearCodes needs both positive and negative rows to fit")
-        s = check_sample_weight(sample_weight, X.shape[0]) * self._class_factors(y)
+        sw = check_sample_weight(sample_weight, X.shape[0])
+        s = sw * self._class_factors(y, sw)
         check_random_state(self.random_state)  # validated for uniformity; the solver draws nothing
         A = np.column_stack([centred(X).astype(np.float64), np.ones(X.shape[0])])
         penalty = np.ones(A.shape[1])
@@ -99,14 +100,15 @@ class LinearCodes:
         self.n_features_in_ = X.shape[1]
         return self
 
-    def _class_factors(self, y: np.ndarray) -> np.ndarray:
-        """Per-row class weights (scikit-learn's "balanced": n / (2 * count of the row's class))."""
+    def _class_factors(self, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Per-row class weights. "balanced": total weight / (2 x the row's class's total weight), so
+        both classes weigh the same in total (what scikit-learn's LogisticRegression does)."""
         cw = self.class_weight
         if cw is None:
             return np.ones_like(y)
         if cw == "balanced":
-            counts = np.array([(y == 0).sum(), (y == 1).sum()], np.float64)
-            return (y.shape[0] / (2.0 * counts))[y.astype(np.int64)]
+            totals = np.array([w[y == 0].sum(), w[y == 1].sum()])
+            return (w.sum() / (2.0 * totals))[y.astype(np.int64)]
         if isinstance(cw, dict) and set(cw) <= {0, 1} and all(float(v) > 0 for v in cw.values()):
             return np.array([float(cw.get(0, 1.0)), float(cw.get(1, 1.0))])[y.astype(np.int64)]
         raise ValueError(f"class_weight must be None, 'balanced' or a dict {{0: w0, 1: w1}} of positive "

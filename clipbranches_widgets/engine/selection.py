@@ -65,28 +65,29 @@ class BestFamily:
     Parameters
     ----------
     families : dict name -> factory(seed) of an unfitted model, optional
-        Default: ensemble, linear, branches (the session's ``AUTO_FAMILIES``), engine defaults; on
-        a tie the first listed wins.
+        Default: ensemble, linear (the session's ``AUTO_FAMILIES``), engine defaults.
+    margin : float, default 0.03
+        The first family listed wins unless a later one's held-out F1 is higher by more than this
+        (the session's ``AUTO_MARGIN``).
     n_splits : int, default 3
     random_state : None, int or Generator
 
     Attributes: chosen_ (name), estimator_ (fitted), cv_f1_ (name -> held-out F1).
     """
 
-    def __init__(self, families=None, *, n_splits: int = 3, random_state=None):
+    def __init__(self, families=None, *, n_splits: int = 3, margin: float = 0.03, random_state=None):
         self.families = families
+        self.margin = margin
         self.n_splits = n_splits
         self.random_state = random_state
 
     @staticmethod
     def default_families() -> dict:
-        from .branches import DecisionBranches
         from .ensemble import BranchEnsemble
         from .linear import LinearCodes
 
         return {"ensemble": lambda s: BranchEnsemble(random_state=s),
-                "linear": lambda s: LinearCodes(random_state=s),
-                "branches": lambda s: DecisionBranches(random_state=s)}
+                "linear": lambda s: LinearCodes(random_state=s)}
 
     def fit(self, X, y, sample_weight=None) -> "BestFamily":
         families = self.default_families() if self.families is None else dict(self.families)
@@ -97,8 +98,8 @@ class BestFamily:
         self.cv_f1_ = {name: held_out_f1(held_out_membership(make, X, y, sample_weight, n_splits=self.n_splits,
                                                              random_state=seed), y)
                        for name, make in families.items()}
-        names = list(families)
-        self.chosen_ = max(names, key=lambda n: (round(self.cv_f1_[n], 3), -names.index(n)))
+        best = max(self.cv_f1_.values())
+        self.chosen_ = next(n for n in families if self.cv_f1_[n] >= best - self.margin)
         self.estimator_ = families[self.chosen_](seed).fit(X, y, sample_weight=sample_weight)
         return self
 

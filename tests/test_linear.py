@@ -1,0 +1,100 @@
+"""LinearCodes (logistic regression on the codes, applied by one pass) and the cross-validation behind
+estimates and the automatic choice (engine.selection)."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from clipbranches_widgets.engine import BranchEnsemble
+from clipbranches_widgets.engine.linear import LinearCodes, centred
+from clipbranches_widgets.engine.selection import BestFamily, held_out_f1, held_out_membership, stratified_folds
+
+
+def _task(seed=0, n=800):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, (n, 32)).astype(np.uint8)
+    score = X[:, 0].astype(int) - X[:, 5] + rng.normal(0, 30, n)
+    return X, (score > 60).astype(np.int8), rng.uniform(0.5, 2.0, n)
+
+
+@pytest.mark.parametrize("class_weight", ["balanced", None, {0: 1.0, 1: 3.0}])
+def test_newton_fit_matches_scikit_learn(class_weight):
+    X, y, w = _task()
+    ours = LinearCodes(C=0.5, class_weight=class_weight).fit(X, y, sample_weight=w)
+    ref = LogisticRegression(C=0.5, class_weight=class_weight, tol=1e-10, max_iter=10000).fit(centred(X).astype(np.float64), y, sample_weight=w)
+    assert np.abs(ours.coef_ - ref.coef_[0]).max() < 2e-3
+    assert abs(ours.intercept_ - ref.intercept_[0]) < 2e-2
+    assert np.mean(ours.predict(X) == ref.predict(centred(X)).astype(bool)) > 0.995
+
+
+def test_search_is_one_pass_equal_to_predict_and_ranked_by_probability():
+    X, y, _ = _task(1)
+    model = LinearCodes().fit(X, y)
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 256, (5000, 32)).astype(np.uint8)
+    found = model.search(codes, chunk_rows=777)  # several chunks
+    assert np.array_equal(np.sort(found.ids), np.flatnonzero(model.predict(codes)))
+    assert np.allclose(found.scores, model.predict_proba(codes[found.ids])[:, 1], atol=1e-5)
+    assert np.all(np.diff(found.scores) <= 0) and found.stats["count"] == found.count
+    assert model.search(codes[:0]).count == 0
+    rules = model.to_rules()
+    assert rules[0].startswith("score = ") and "f0" in rules[0] and "f5" in rules[0]
+
+
+def test_bad_input_gets_a_clear_error():
+    X, y, _ = _task()
+    with pytest.raises(ValueError, match="not fitted"):
+        LinearCodes().predict(X)
+    with pytest.raises(ValueError, match="no negatives"):
+        LinearCodes().fit(X, np.ones(len(y)))
+    with pytest.raises(ValueError, match="C must be"):
+        LinearCodes(C=0).fit(X, y)
+    with pytest.raises(ValueError, match="class_weight"):
+        LinearCodes(class_weight="sqrt").fit(X, y)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        LinearCodes().set_params(alpha=1)
+
+
+class _Memoriser:
+    """Predicts positive exactly the rows it was trained on as positive: held-out rows never are."""
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def fit(self, X, y, sample_weight=None):
+        self.known = {bytes(row) for row in X[y == 1]}
+        return self
+
+    def predict(self, X):
+        return np.array([bytes(row) in self.known for row in X])
+
+
+def test_held_out_membership_never_predicts_a_row_with_a_model_trained_on_it():
+    X, y, _ = _task(3, 300)
+    held = held_out_membership(_Memoriser, X, y, n_splits=3, random_state=0)
+    assert (held[y == 1] == 0).all() and set(np.unique(held)) <= {0, 1}
+    # in sample, the memoriser would call every positive positive
+    assert _Memoriser(0).fit(X, y).predict(X)[y == 1].all()
+    folds = stratified_folds(y, 3, random_state=0)
+    for f in range(3):  # each class spread evenly over the folds
+        assert abs((y[folds == f] == 1).sum() - (y == 1).sum() / 3) <= 1
+
+
+def test_held_out_membership_needs_two_rows_of_each_class():
+    X, y, _ = _task(4, 50)
+    y[:] = 0
+    y[0] = 1
+    assert (held_out_membership(lambda s: LinearCodes(), X, y) == -1).all()
+
+
+def test_best_family_picks_by_held_out_f1_with_a_margin():
+    X, y, _ = _task(5)
+    auto = BestFamily(random_state=0).fit(X, y)
+    assert set(auto.cv_f1_) == {"ensemble", "linear"}
+    best = max(auto.cv_f1_.values())
+    assert auto.chosen_ == next(f for f in ("ensemble", "linear") if auto.cv_f1_[f] >= best - 0.03)
+    # a linear concept: the linear family is clearly better held out and gets chosen
+    assert auto.chosen_ == "linear" and auto.cv_f1_["linear"] > auto.cv_f1_["ensemble"] + 0.03
+    assert np.array_equal(auto.predict(X), auto.estimator_.predict(X))
+    only = BestFamily({"ensemble": lambda s: BranchEnsemble(5, random_state=s)}, random_state=0).fit(X, y)
+    assert only.chosen_ == "ensemble" and 0 <= held_out_f1(np.array([1, 0, -1]), np.array([1, 1, 0])) <= 1
