@@ -346,7 +346,7 @@ class SearchSession:
 
             model_seed = int(rng.integers(2**31 - 1))  # sklearn takes seeds below 2**32
             families = AUTO_FAMILIES if model == "auto" else (model,)
-            timings["train"] = timings["apply"] = timings["cv"] = 0.0
+            timings["train"] = timings["apply"] = timings["cv"] = timings["estimate"] = 0.0
             # rows the random negatives were drawn from: all but the labelled ones and the query's top
             n_eligible = n - len(set(neighbours.tolist()) | set(self._labels))
             fits = {f: self._fit_and_apply(f, train, model_seed, n_eligible, timings) for f in families}
@@ -390,16 +390,17 @@ class SearchSession:
             found = fitted.search(self.catalog.codes)
         else:
             found = scan_sklearn(fitted, self.catalog.codes)
-        t3 = time.perf_counter()
         timings["cv"] += t1 - t0
         timings["train"] += t2 - t1
         timings["apply"] += t3 - t2
+        t4 = time.perf_counter()
         held_out = {int(i): bool(m) for i, m in zip(train.ids, held) if m >= 0 and int(i) in self._labels}
         random_held = held[(train.source == "random") & (held >= 0)]
         estimate = estimate_quality(self.catalog.n_items, found.ids, self._labels, self._pages, held_out,
                                     neighbourhood=self._explored_neighbourhood(found.count),
                                     random_accepted=float(random_held.mean()) if random_held.size else None,
                                     n_eligible=n_eligible)
+        timings["estimate"] += time.perf_counter() - t4
         return fitted, found, estimate
 
     @staticmethod

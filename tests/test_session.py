@@ -105,7 +105,7 @@ def test_refine_returns_every_catalog_positive(marked, model):
     assert np.array_equal(np.sort(result.ids), expected)
     assert result.count == len(result) == expected.size and result.scores.shape == result.ids.shape
     assert np.all(np.diff(result.scores) <= 0)  # ranked best first
-    assert set(result.timings) == {"encode", "nn", "sampling", "cv", "train", "apply", "total"}
+    assert set(result.timings) == {"encode", "nn", "sampling", "cv", "train", "apply", "estimate", "total"}
     assert set(result.estimate) >= {"precision", "recall", "f1", "method"}
     assert 0 <= result.estimate["precision"] <= 1 and 0 <= result.estimate["recall"] <= 1
     assert all(v >= 0 for v in result.timings.values())
