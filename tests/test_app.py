@@ -183,7 +183,7 @@ def test_refine_each_model(searched, model):
     assert sorted(app.grid.labelled_before) == sorted(app.session.labels)
     assert not app.refine_button.disabled and app.refine_button.description == "Fine-tune"
     assert app.busy.value == ""
-    for part in ("encode", "nn", "sampling", "cv", "train", "apply"):
+    for part in ("encode", "nn", "sampling", "cv", "train", "apply", "estimate"):
         assert part in app.stats.value
     assert "random negatives: " in app.stats.value and _stats_attr(app, "data-view") == "answer"
     if result.model_name == "branches":

@@ -691,7 +691,8 @@ class SearchApp(widgets.VBox):
                 + self._choice_html(result) + _estimate_html(result.estimate)
                 + f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))} '
                 f'&middot; sampling {_ms(t.get("sampling", 0))} &middot; cv {_ms(t.get("cv", 0))} '
-                f'&middot; train {_ms(t.get("train", 0))} &middot; apply {_ms(t.get("apply", 0))}</div>'
+                f'&middot; train {_ms(t.get("train", 0))} &middot; apply {_ms(t.get("apply", 0))} '
+                f'&middot; estimate {_ms(t.get("estimate", 0))}</div>'
                 f'<div class="cb-counts">boxes: {boxes}'
                 + (f" &middot; search: {html.escape(str(method))}" if method else "")
                 + f" &middot; marks used: {result.n_positives} positive, {result.n_negatives} negative"
