@@ -11,10 +11,14 @@ randomness comes from a local ``np.random.Generator`` built from ``random_state`
 uint8 integers; optional extra sweeps (``n_sweeps``) let a box revisit dims.
 
 Defaults were chosen by measurement (``benchmarks/figure3_digits.py``, the paper's Figure-3
-protocol on scikit-learn's digits) and on app-like synthetic tasks: square-root class weights,
-3 sweeps, an unlimited ``min_pts`` window and open sides closed a quarter of the way beat nearest
-neighbours from 12 labelled positives, where the original settings need 22-32.
-``DecisionBranches(**ORIGINAL_PARAMS)`` reproduces the original app's ``db`` configuration.
+protocol on scikit-learn's digits; ``benchmarks/figure3_study.py``, one table per factor; and the
+app's fine-tuning task in ``benchmarks/quality_demo.py``): "tapered" class weights, open sides closed
+``min(0.5, 8 / (p + 1))`` of the way (at least 0.25 for a box without a training negative), the first
+seed of every box the positive nearest the positives' centroid, 3 sweeps, an unlimited ``min_pts``
+window. On digits the mean F1 then rises with every step of p from 16 to 64 positives (0.51 ->
+0.61; the previous "sqrt" defaults peaked at 0.58 at p = 32 and fell to 0.53 at 64), and stays far
+above the original's at few positives. ``DecisionBranches(**ORIGINAL_PARAMS)`` reproduces the
+original app's ``db`` configuration.
 """
 
 from __future__ import annotations
@@ -31,7 +35,19 @@ from .subsets import default_subsets
 
 #: The original app's settings for a single model (``db``, without its post tree).
 ORIGINAL_PARAMS = {"max_evals": "all", "min_pts": "auto", "n_sweeps": 1, "class_weight": None, "stop_infinite": True,
-                   "stop_infinite_split": 0.5}
+                   "stop_infinite_split": 0.5, "seed_positive": "random"}
+
+#: "tapered" class weights: the positives weigh as much in total as the negatives up to this many
+#: positives, then their total falls as TAPER_POSITIVES / p of the negatives' (benchmarks/figure3_study.py).
+TAPER_POSITIVES = 5.0
+#: stop_infinite_split="auto": open sides are closed min(AUTO_SPLIT_MAX, split_scale / (p + 1)) of the
+#: way to the data's extreme, never less than AUTO_SPLIT_CLEAN for a box that holds no training negative.
+AUTO_SPLIT_MAX = 0.5
+AUTO_SPLIT_CLEAN = 0.25
+#: candidate scores are rounded to this many decimals before comparing (ties: fewer dims, then first
+#: drawn); None compares every bit, which let rounding noise in the weighted sums (~1e-16) pick among
+#: equally pure boxes (benchmarks/figure3_study.py, table 9).
+SCORE_TIE_DECIMALS = 12
 
 
 def resolve_max_evals(max_evals, n_subsets: int) -> int:
@@ -66,10 +82,39 @@ def resolve_min_pts(min_pts, n_pos: int) -> int:
     raise ValueError(f"min_pts must be 'auto', None or an int >= 1; got {min_pts!r}")
 
 
+def n_positives(y: np.ndarray, w: np.ndarray) -> int:
+    """How many positive rows carry weight (the p of the "tapered" and "auto" rules)."""
+    return int(((y == 1) & (w > 0)).sum())
+
+
+def resolve_split(split, split_scale, n_pos: int) -> tuple[float, float]:
+    """``(split for a clean box, split for a box holding a training negative)`` for ``n_pos`` positives.
+
+    A float is used for both. "auto": ``s = min(AUTO_SPLIT_MAX, split_scale / (n_pos + 1))`` (beyond
+    the farthest of p random members of a class lies about 1 / (p + 1) of it, so the less the
+    positives have explored, the farther an open side reaches), but a clean box keeps at least
+    ``AUTO_SPLIT_CLEAN``: nothing in the training data says its class stops there.
+    """
+    if isinstance(split, str):
+        if split != "auto":
+            raise ValueError(f"stop_infinite_split must be a number in [0, 1] or 'auto'; got {split!r}")
+        s = min(AUTO_SPLIT_MAX, float(split_scale) / (n_pos + 1.0))
+        return max(AUTO_SPLIT_CLEAN, s), s
+    return float(split), float(split)
+
+
 def class_weight_factors(class_weight, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Per-row multipliers for ``class_weight`` (None, "balanced" or ``{0: w0, 1: w1}``)."""
+    """Per-row multipliers for ``class_weight`` (None, "tapered", "sqrt", "balanced" or ``{0: w0, 1: w1}``)."""
     if class_weight is None:
         return np.ones_like(w)
+    if isinstance(class_weight, str) and class_weight == "tapered":
+        # positives' total = negatives' total x min(1, TAPER_POSITIVES / p); negatives keep their weights
+        p = n_positives(y, w)
+        w_neg, w_pos = float(w[y == 0].sum()), float(w[y == 1].sum())
+        if w_pos <= 0.0 or w_neg <= 0.0:  # a class with no weight: nothing to balance
+            return np.ones_like(w)
+        factors = np.array([1.0, w_neg * min(1.0, TAPER_POSITIVES / max(p, 1)) / w_pos])
+        return factors[y]
     if class_weight in ("balanced", "sqrt"):
         total = w.sum()
         per_class = np.array([w[y == 0].sum(), w[y == 1].sum()])
@@ -81,7 +126,8 @@ def class_weight_factors(class_weight, y: np.ndarray, w: np.ndarray) -> np.ndarr
         if (factors <= 0).any() or not np.isfinite(factors).all():
             raise ValueError(f"class_weight values must be positive; got {class_weight}")
     else:
-        raise ValueError(f"class_weight must be None, 'balanced', 'sqrt' or a dict {{0: w0, 1: w1}}; got {class_weight!r}")
+        raise ValueError(f"class_weight must be None, 'tapered', 'sqrt', 'balanced' or a dict {{0: w0, 1: w1}}; "
+                         f"got {class_weight!r}")
     return factors[y]
 
 
@@ -117,21 +163,40 @@ class DecisionBranches:
         Do not grow a side that holds no positive.
     stop_infinite : bool, default True
         Close open sides part-way towards the training data's extreme instead of at 0 / 255.
-    stop_infinite_split : float in [0, 1], default 0.25
+    stop_infinite_split : float in [0, 1] or "auto", default "auto"
         How far towards that extreme an open side goes (the original drew it at random in [0, 1)).
         With a few hundred random negatives most sides of a box have no training row beyond them,
-        so this decides how far boxes generalise; 0.25 measured best on digits and on app-like
-        tasks (0.5: F1 0.41 vs 0.53 on the latter).
+        so this decides how far boxes generalise. "auto" (p = number of positives):
+        ``min(0.5, split_scale / (p + 1))``, but at least 0.25 for a box that holds no training
+        negative. Measured (benchmarks/figure3_study.py): on digits a constant 0.25 plateaus from
+        p = 32 while the fading split keeps F1 rising to p = 64 and, at 0.5, lifts p = 4-8; on the
+        app's task (60 positives, clean boxes) anything below 0.25 costs F1 (0.1: 0.79 vs 0.84),
+        hence the floor for clean boxes, which also keeps that task unchanged.
+    split_scale : float > 0, default 8
+        The ``split_scale`` of ``stop_infinite_split="auto"`` (8 here, 4 in the ensemble: measured).
     n_sweeps : int, default 3
         Sweeps over a box's dims while bounds still change (1 = the original algorithm).
-    class_weight : None, "sqrt", "balanced" or dict, default "sqrt"
-        Multiplies sample weights per class. "balanced": both classes weigh the same in total, so
-        a few positives are not drowned by hundreds of random negatives; "sqrt": the square root of
-        the balanced factors (half-way, geometrically), which keeps most of that gain at few
-        positives without over-growing boxes when positives are many; None: the original.
-        Class factors are computed from the weighted class totals, so a weight given to EVERY
-        negative is partly re-balanced away (its effect grows as its square root under "sqrt");
-        weights on some rows (e.g. user-marked negatives among random ones) act as expected.
+    class_weight : None, "tapered", "sqrt", "balanced" or dict, default "tapered"
+        Multiplies sample weights per class. "balanced": both classes weigh the same in total;
+        "sqrt": the square root of the balanced factors; None: the original. "tapered" (p = number
+        of positives): balanced up to 5 positives, then the positives' total weight is 5 / p of the
+        negatives' (negatives keep their own weights), so a positive's weight relative to a random
+        negative falls as ``n_neg * 5 / p**2`` (about (50 / p)**2 with 500 negatives). Why: the Gini
+        growth admits a region when its weighted positives outweigh its negatives, so the weight of
+        a positive is how many negatives it can pull in; a few positives need a large one to grow a
+        box beyond the seed, many positives need a small one or boxes over-grow. The best fixed
+        ratio on digits measured >= 32 at p = 8, 8-16 at p = 16, 2-4 at p = 32, <= 1 at p = 64
+        (benchmarks/figure3_study.py), about 1 / p**2, while "sqrt" falls only as 1 / sqrt(p) (ratio
+        2.8 at p = 64: F1 fell from 0.58 at p = 32 to 0.53 at p = 64). Class factors are computed
+        from the weighted class totals, so a weight given to EVERY negative is re-balanced away
+        (under "sqrt": partly); weights on some rows (e.g. user-marked negatives among random ones)
+        act as expected.
+    seed_positive : "centroid" or "random", default "centroid"
+        The positive each box is grown from: the remaining positive nearest the remaining
+        positives' (weighted) centroid, or one drawn at random (the original; the ensemble's
+        estimators use it, their diversity needs it). More positives locate the centre better, so
+        the main box improves with p instead of depending on which member was drawn: digits F1 at
+        p = 32 / 48 / 64 0.59 / 0.60 / 0.61 vs 0.58 / 0.57 / 0.57 with random seeds.
     retry_limit : int, default 5
         Stop after this many seeds in a row gave no valid box.
     post_tree : bool, default False
@@ -151,8 +216,9 @@ class DecisionBranches:
     """
 
     def __init__(self, subsets=None, *, max_boxes=30, max_evals="all", min_pts=None, min_samples_in_box=1,
-                 early_stopping=True, stop_infinite=True, stop_infinite_split=0.25, n_sweeps=3, class_weight="sqrt",
-                 retry_limit=5, post_tree=False, n_jobs=None, random_state=None):
+                 early_stopping=True, stop_infinite=True, stop_infinite_split="auto", split_scale=8.0, n_sweeps=3,
+                 class_weight="tapered", seed_positive="centroid", retry_limit=5, post_tree=False, n_jobs=None,
+                 random_state=None):
         self.subsets = subsets
         self.max_boxes = max_boxes
         self.max_evals = max_evals
@@ -161,8 +227,10 @@ class DecisionBranches:
         self.early_stopping = early_stopping
         self.stop_infinite = stop_infinite
         self.stop_infinite_split = stop_infinite_split
+        self.split_scale = split_scale
         self.n_sweeps = n_sweeps
         self.class_weight = class_weight
+        self.seed_positive = seed_positive
         self.retry_limit = retry_limit
         self.post_tree = post_tree
         self.n_jobs = n_jobs
@@ -170,8 +238,8 @@ class DecisionBranches:
 
     # -- scikit-learn style parameter access ---------------------------------------------------
     _PARAMS = ("subsets", "max_boxes", "max_evals", "min_pts", "min_samples_in_box", "early_stopping",
-               "stop_infinite", "stop_infinite_split", "n_sweeps", "class_weight", "retry_limit", "post_tree",
-               "n_jobs", "random_state")
+               "stop_infinite", "stop_infinite_split", "split_scale", "n_sweeps", "class_weight", "seed_positive",
+               "retry_limit", "post_tree", "n_jobs", "random_state")
 
     def get_params(self, deep: bool = True) -> dict:
         return {k: getattr(self, k) for k in self._PARAMS}
@@ -194,8 +262,18 @@ class DecisionBranches:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1; got {v!r}")
-        if not 0.0 <= float(self.stop_infinite_split) <= 1.0:
-            raise ValueError(f"stop_infinite_split must be in [0, 1]; got {self.stop_infinite_split}")
+        split = self.stop_infinite_split
+        if isinstance(split, str):
+            resolve_split(split, 1.0, 1)  # raises on anything but "auto"
+        elif isinstance(split, bool) or not isinstance(split, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(split) <= 1.0:
+            raise ValueError(f"stop_infinite_split must be a number in [0, 1] or 'auto'; got {split!r}")
+        scale = self.split_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+                or not (math.isfinite(float(scale)) and float(scale) > 0.0):
+            raise ValueError(f"split_scale must be a number > 0; got {scale!r}")
+        if self.seed_positive not in ("centroid", "random"):
+            raise ValueError(f"seed_positive must be 'centroid' or 'random'; got {self.seed_positive!r}")
 
     def fit(self, X, y, sample_weight=None) -> "DecisionBranches":
         """Learn boxes from uint8 codes ``X`` (n, d) and 0/1 labels ``y``. Returns self."""
@@ -216,6 +294,7 @@ class DecisionBranches:
         sub_dims, sub_sizes = pad_subsets(subsets)
         n_eval = resolve_max_evals(self.max_evals, len(subsets))
         min_pts = resolve_min_pts(self.min_pts, int((y == 1).sum()))
+        split_clean, split_mixed = resolve_split(self.stop_infinite_split, self.split_scale, n_positives(y, w))
         grow = grow_candidates_serial if self.n_jobs == 1 else grow_candidates_parallel
         data_min = X.min(axis=0).astype(np.int64)
         data_max = X.max(axis=0).astype(np.int64)
@@ -233,27 +312,42 @@ class DecisionBranches:
                 break
             tries += 1
             Xw, ww = X[active], w[active]
-            seed = int(rng.choice(pos_rows))
+            Xp = Xw[pos_rows]
+            if self.seed_positive == "centroid":  # nearest the (weighted) centroid; ties: first row
+                centre = np.average(Xp.astype(np.float64), axis=0, weights=ww[pos_rows])
+                seed = int(pos_rows[np.argmin(((Xp - centre) ** 2).sum(axis=1))])
+            else:
+                seed = int(rng.choice(pos_rows))
             chosen = rng.choice(len(subsets), size=n_eval, replace=False)
             keys = rng.random((n_eval, MAX_BOX_DIMS))
             keys[np.arange(MAX_BOX_DIMS)[None, :] >= sub_sizes[chosen][:, None]] = np.inf
             orders = np.argsort(keys, axis=1).astype(np.int64)
-            Xp = Xw[pos_rows]
+            pos_min, pos_max = Xp.min(axis=0).astype(np.int64), Xp.max(axis=0).astype(np.int64)
             grow(Xw, yw, ww, sub_dims[chosen], sub_sizes[chosen], orders, seed, min_pts, self.early_stopping,
-                 self.stop_infinite, float(self.stop_infinite_split), self.n_sweeps, self.min_samples_in_box,
-                 Xp.min(axis=0).astype(np.int64), Xp.max(axis=0).astype(np.int64), data_min, data_max,
-                 out_lo, out_hi, out_score)
+                 self.stop_infinite, split_clean, self.n_sweeps, self.min_samples_in_box,
+                 pos_min, pos_max, data_min, data_max, out_lo, out_hi, out_score)
             if not np.isfinite(out_score).any():
                 retries += 1
                 if retries >= self.retry_limit:
                     break
                 continue
             retries = 0
-            # lowest impurity, then fewer dims, then first drawn
-            best = np.lexsort((np.arange(n_eval), sub_sizes[chosen], out_score))[0]
+            # lowest impurity (rounding noise counts as a tie), then fewer dims, then first drawn
+            best = np.lexsort((np.arange(n_eval), sub_sizes[chosen], out_score if SCORE_TIE_DECIMALS is None else np.round(out_score, SCORE_TIE_DECIMALS)))[0]
             k = int(sub_sizes[chosen[best]])
             box = Box(tuple(sub_dims[chosen[best], :k]), np.clip(out_lo[best, :k], 0, 255), np.clip(out_hi[best, :k], 0, 255))
             inside = box.contains(Xw)
+            if split_mixed != split_clean and self.stop_infinite and (inside & (yw == 0)).any():
+                # a box holding a training negative: grow it again with the (smaller) mixed-box split
+                one = np.array([best])
+                lo1, hi1, score1 = out_lo[one].copy(), out_hi[one].copy(), out_score[one].copy()
+                grow_candidates_serial(Xw, yw, ww, sub_dims[chosen[one]], sub_sizes[chosen[one]], orders[one], seed,
+                                       min_pts, self.early_stopping, self.stop_infinite, split_mixed, self.n_sweeps,
+                                       self.min_samples_in_box, pos_min, pos_max, data_min, data_max, lo1, hi1, score1)
+                if np.isfinite(score1[0]):
+                    out_score[best] = score1[0]
+                    box = Box(box.dims, np.clip(lo1[0, :k], 0, 255), np.clip(hi1[0, :k], 0, 255))
+                    inside = box.contains(Xw)
             stats.append({
                 "impurity": float(out_score[best]),
                 "n_pos": int((inside & (yw == 1)).sum()), "n_neg": int((inside & (yw == 0)).sum()),

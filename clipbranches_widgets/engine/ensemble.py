@@ -36,15 +36,24 @@ class BranchEnsemble:
         positive once in every sample and resamples only the negatives, so the user's few
         positives are never lost.
     max_evals : default 0.5
-        Subsets tried per box in each estimator (the original's ensemble setting).
+        Subsets tried per box in each estimator (the original's ensemble setting; 0.25 gains on
+        digits but costs the app's task 0.005-0.01 F1, benchmarks/figure3_study.py).
     stop_infinite : bool, default True
-        Close open sides part-way (see DecisionBranches; default ``stop_infinite_split`` 0.25). The
-        original's ensemble used False (open sides extend to 0 / 255): F1 0.74 vs 0.87 on app-like tasks.
-    class_weight, min_pts, n_sweeps : as in :class:`DecisionBranches`; defaults "sqrt", None, 1
-        (the original used None, "auto", 1). Measured trade-off: "balanced" beats nearest
-        neighbours on digits from 8 positives but over-grows boxes on app-like tasks (60 marked +
-        500 random negatives); None is best there but needs 22 positives on digits; "sqrt" sits
-        between (12 positives; see benchmarks/results/figure3_digits.md).
+        Close open sides part-way (see DecisionBranches). The original's ensemble used False (open
+        sides extend to 0 / 255): F1 0.74 vs 0.87 on app-like tasks.
+    stop_infinite_split, split_scale : as in :class:`DecisionBranches`; defaults "auto" and 4:
+        open sides closed ``min(0.5, 4 / (p + 1))`` of the way, at least 0.25 for a box without a
+        training negative. The votes already trim what single estimators over-extend, so the
+        ensemble keeps the larger split longer than a single model (8 / (p + 1)) would fade it...
+        measured on digits: with 4 the mean F1 rises at every p from 16 to 64; with a constant 0.25
+        it is flat from p = 32 (0.761, 0.764, 0.761); and at p = 8 the 0.5 split lifts F1 from 0.53
+        to 0.59 (nearest neighbours: 0.49).
+    class_weight, min_pts, n_sweeps, seed_positive : as in :class:`DecisionBranches`; defaults
+        "tapered", None, 1, "random" (the original used None, "auto", 1, random seeds). "tapered"
+        keeps the few-positive gain of balanced weights and stops over-growing boxes as positives
+        grow: digits F1 at p = 32 / 48 / 64 0.76 / 0.78 / 0.78 vs 0.75 / 0.71 / 0.68 with "sqrt",
+        which weighs each positive 2.8 random negatives at p = 64 (benchmarks/figure3_study.py).
+        Random seeds: centroid seeds make the estimators alike (digits F1 0.74 vs 0.76 at p = 64).
     n_jobs : int or None, default None
         Threads training estimators (None = all cores).
     random_state : None, int or Generator
@@ -56,13 +65,16 @@ class BranchEnsemble:
     """
 
     def __init__(self, n_estimators=25, subsets=None, *, max_samples=None, bootstrap_positives=False, max_evals=0.5,
-                 stop_infinite=True, class_weight="sqrt", min_pts=None, n_sweeps=1, n_jobs=None,
-                 random_state=None, **branch_params):
+                 stop_infinite=True, stop_infinite_split="auto", split_scale=4.0, class_weight="tapered", min_pts=None,
+                 n_sweeps=1, seed_positive="random", n_jobs=None, random_state=None, **branch_params):
         self.n_estimators = n_estimators
         self.bootstrap_positives = bootstrap_positives
         self.class_weight = class_weight
         self.min_pts = min_pts
         self.n_sweeps = n_sweeps
+        self.stop_infinite_split = stop_infinite_split
+        self.split_scale = split_scale
+        self.seed_positive = seed_positive
         self.subsets = subsets
         self.max_samples = max_samples
         self.max_evals = max_evals
@@ -75,7 +87,8 @@ class BranchEnsemble:
     def get_params(self, deep: bool = True) -> dict:
         return {"n_estimators": self.n_estimators, "subsets": self.subsets, "max_samples": self.max_samples,
                 "bootstrap_positives": self.bootstrap_positives, "class_weight": self.class_weight,
-                "min_pts": self.min_pts, "n_sweeps": self.n_sweeps,
+                "min_pts": self.min_pts, "n_sweeps": self.n_sweeps, "stop_infinite_split": self.stop_infinite_split,
+                "split_scale": self.split_scale, "seed_positive": self.seed_positive,
                 "max_evals": self.max_evals, "stop_infinite": self.stop_infinite, "n_jobs": self.n_jobs,
                 "random_state": self.random_state, **self.branch_params}
 
@@ -114,8 +127,10 @@ class BranchEnsemble:
             wb = w[rows] * counts[rows]
             wb = wb * class_weight_factors(self.class_weight, yb, wb)
             est = DecisionBranches(subsets, max_evals=self.max_evals, stop_infinite=self.stop_infinite,
+                                   stop_infinite_split=self.stop_infinite_split, split_scale=self.split_scale,
                                    class_weight=self.class_weight, min_pts=self.min_pts, n_sweeps=self.n_sweeps,
-                                   n_jobs=1, random_state=est_rng, **self.branch_params)
+                                   seed_positive=self.seed_positive, n_jobs=1, random_state=est_rng,
+                                   **self.branch_params)
             est._check_params()
             return est._fit_weighted(X[rows], yb, wb, subsets, est_rng)
 
