@@ -390,6 +390,7 @@ class SearchSession:
             found = fitted.search(self.catalog.codes)
         else:
             found = scan_sklearn(fitted, self.catalog.codes)
+        t3 = time.perf_counter()
         timings["cv"] += t1 - t0
         timings["train"] += t2 - t1
         timings["apply"] += t3 - t2
