@@ -132,6 +132,97 @@ def test_sample_weight_moves_boxes(task):
     assert len(balanced.boxes) >= 1
 
 
+def separable_task(n=5000, p=60, seed=3):
+    """One tight cluster as positives, negatives from the other clusters only: every box is pure."""
+    codes, labels = clustered_codes(n, noise=0.05, seed=seed)
+    rng = np.random.default_rng(1)
+    pos = rng.choice(np.flatnonzero(labels == 2), p, replace=False)
+    neg = rng.choice(np.flatnonzero(labels != 2), 500, replace=False)
+    return codes[np.r_[pos, neg]], np.r_[np.ones(p, int), np.zeros(500, int)]
+
+
+def test_tapered_class_weights():
+    from clipbranches_widgets.engine.branches import TAPER_POSITIVES, class_weight_factors
+    for p in (1, 3, 5, 10, 64):
+        y = np.r_[np.ones(p, int), np.zeros(500, int)]
+        f = class_weight_factors("tapered", y, np.ones(len(y)))
+        # positives' total = negatives' total x min(1, 5 / p); negatives keep weight 1
+        np.testing.assert_allclose(f[y == 0], 1.0)
+        np.testing.assert_allclose(f[y == 1].sum(), 500 * min(1.0, TAPER_POSITIVES / p))
+    w = np.r_[np.ones(10), np.full(500, 3.0)]  # negatives' own weights count in their total
+    f = class_weight_factors("tapered", np.r_[np.ones(10, int), np.zeros(500, int)], w)
+    np.testing.assert_allclose((f * w)[:10].sum(), 1500 * 0.5)
+    y = np.r_[np.ones(10, int), np.zeros(5, int)]
+    assert (class_weight_factors("tapered", y, np.r_[np.zeros(10), np.ones(5)]) == 1).all()  # no positive weight
+
+
+def test_tapered_rebalances_a_weight_on_every_negative(task):
+    """Under "tapered" a weight given to EVERY negative is balanced away: the same model."""
+    _, _, X, y = task
+    for s in range(3):
+        a = DecisionBranches(subsets=SUBSETS, random_state=s).fit(X, y)
+        b = DecisionBranches(subsets=SUBSETS, random_state=s).fit(X, y, sample_weight=np.where(y == 0, 50.0, 1.0))
+        assert a.to_dict() == b.to_dict()
+
+
+def test_auto_split_rule():
+    from clipbranches_widgets.engine.branches import resolve_split
+    assert resolve_split(0.3, 4.0, 10) == (0.3, 0.3)
+    assert resolve_split("auto", 4.0, 1) == (0.5, 0.5)  # capped at 0.5
+    assert resolve_split("auto", 4.0, 7) == (0.5, 0.5)
+    assert resolve_split("auto", 4.0, 15) == (0.25, 0.25)
+    clean, mixed = resolve_split("auto", 4.0, 63)
+    assert clean == 0.25 and mixed == pytest.approx(4 / 64)  # clean boxes keep at least 0.25
+    with pytest.raises(ValueError, match="auto"):
+        resolve_split("half", 4.0, 3)
+
+
+def test_auto_split_keeps_clean_boxes_and_regrows_mixed_ones(task):
+    Xs, ys = separable_task()
+    for s in range(3):  # p = 60, every box clean: exactly the constant 0.25 model
+        auto = DecisionBranches(subsets=SUBSETS, random_state=s).fit(Xs, ys)
+        assert all(st["n_neg"] == 0 for st in auto.box_stats_)
+        assert auto.to_dict() == DecisionBranches(subsets=SUBSETS, random_state=s, stop_infinite_split=0.25).fit(Xs, ys).to_dict()
+    _, _, X, y = task  # p = 60, first box holds training negatives: same choice, grown again with 0.1
+    auto = DecisionBranches(subsets=SUBSETS, random_state=0, split_scale=6.1).fit(X, y)
+    const = DecisionBranches(subsets=SUBSETS, random_state=0, stop_infinite_split=0.25).fit(X, y)
+    assert const.box_stats_[0]["n_neg"] > 0
+    assert auto.boxes[0].dims == const.boxes[0].dims
+    assert auto.boxes[0].to_dict() != const.boxes[0].to_dict()
+
+
+def test_centroid_seed_positive(task):
+    _, _, X, y = task
+    P = X[y == 1].astype(float)
+    central = np.flatnonzero(y == 1)[np.argmin(((P - P.mean(0)) ** 2).sum(1))]
+    for s in range(3):
+        m = DecisionBranches(subsets=SUBSETS, random_state=s).fit(X, y)
+        assert m.boxes[0].contains(X[central:central + 1])[0]
+    r = DecisionBranches(subsets=SUBSETS, random_state=0, seed_positive="random").fit(X, y)
+    assert r.to_dict() != DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y).to_dict()
+
+
+def test_equally_pure_candidates_tie_whatever_the_class_weight():
+    """Pure candidate boxes all score 0; rounding noise of the weighted sums must not pick among them."""
+    X, y = separable_task()
+    for s in range(4):
+        ref = DecisionBranches(subsets=SUBSETS, random_state=s, class_weight={0: 1, 1: 1.0}).fit(X, y).to_dict()
+        for r in (0.5, 0.64, 0.87, 3.0):  # 0.64 picked another box when scores were compared to the last bit
+            assert DecisionBranches(subsets=SUBSETS, random_state=s, class_weight={0: 1, 1: r}).fit(X, y).to_dict() == ref
+
+
+def test_ensemble_passes_its_parameters(task):
+    _, _, X, y = task
+    e = BranchEnsemble(3, subsets=SUBSETS, random_state=0, stop_infinite_split=0.3, split_scale=2.0,
+                       seed_positive="centroid", class_weight=None).fit(X, y)
+    params = e.get_params()
+    assert (params["stop_infinite_split"], params["split_scale"], params["seed_positive"]) == (0.3, 2.0, "centroid")
+    for est in e.estimators_:
+        assert (est.stop_infinite_split, est.split_scale, est.seed_positive, est.class_weight) == (0.3, 2.0, "centroid", None)
+    d = BranchEnsemble().get_params()
+    assert (d["class_weight"], d["stop_infinite_split"], d["split_scale"], d["seed_positive"]) == ("tapered", "auto", 4.0, "random")
+
+
 def test_post_tree_filters_boxes(task):
     codes, _, X, y = task
     m = DecisionBranches(subsets=SUBSETS, random_state=0, post_tree=True).fit(X, y)
@@ -170,6 +261,8 @@ def test_bad_parameters_and_unfitted(task):
     for kw, msg in [({"max_boxes": 0}, "max_boxes"), ({"max_evals": 2.0}, "fraction"), ({"max_evals": "x"}, "max_evals"),
                     ({"min_pts": -1}, "min_pts"), ({"stop_infinite_split": 2}, "stop_infinite_split"),
                     ({"class_weight": "x"}, "class_weight"), ({"subsets": [(0, 40)]}, "outside"),
+                    ({"stop_infinite_split": "half"}, "stop_infinite_split"), ({"stop_infinite_split": True}, "stop_infinite_split"),
+                    ({"split_scale": 0}, "split_scale"), ({"seed_positive": "first"}, "seed_positive"),
                     ({"random_state": "x"}, "random_state")]:
         with pytest.raises(ValueError, match=msg):
             DecisionBranches(**kw).fit(X, y)

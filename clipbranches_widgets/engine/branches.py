@@ -1,9 +1,10 @@
 """``DecisionBranches``: a union of boxes learnt from positive/negative marks (VLDB'23 algorithm).
 
-Training covers the positives box by box: pick a random positive as seed, grow one candidate box
-around it on each of ``max_evals`` random feature subsets (:mod:`.growth`), keep the purest (ties:
-fewer dims), remove every training row it covers, repeat until no positive is left, ``max_boxes``
-boxes exist, or ``retry_limit`` seeds in a row gave no valid box.
+Training covers the positives box by box: pick a seed positive (by default the remaining positive
+nearest the remaining positives' centroid), grow one candidate box around it on each of
+``max_evals`` random feature subsets (:mod:`.growth`), keep the purest (scores rounded to 12
+decimals; ties: fewer dims, then first drawn), remove every training row it covers, repeat until no
+positive is left, ``max_boxes`` boxes exist, or ``retry_limit`` seeds in a row gave no valid box.
 
 Differences from the original code (``shared/reference/clip-branches-reference.md`` 1.9, 7):
 weights are real sample weights (``sample_weight``, ``class_weight``), not duplicated rows; all
@@ -11,14 +12,14 @@ randomness comes from a local ``np.random.Generator`` built from ``random_state`
 uint8 integers; optional extra sweeps (``n_sweeps``) let a box revisit dims.
 
 Defaults were chosen by measurement (``benchmarks/figure3_digits.py``, the paper's Figure-3
-protocol on scikit-learn's digits; ``benchmarks/figure3_study.py``, one table per factor; and the
-app's fine-tuning task in ``benchmarks/quality_demo.py``): "tapered" class weights, open sides closed
-``min(0.5, 8 / (p + 1))`` of the way (at least 0.25 for a box without a training negative), the first
-seed of every box the positive nearest the positives' centroid, 3 sweeps, an unlimited ``min_pts``
-window. On digits the mean F1 then rises with every step of p from 16 to 64 positives (0.51 ->
-0.61; the previous "sqrt" defaults peaked at 0.58 at p = 32 and fell to 0.53 at 64), and stays far
-above the original's at few positives. ``DecisionBranches(**ORIGINAL_PARAMS)`` reproduces the
-original app's ``db`` configuration.
+protocol on scikit-learn's digits; ``benchmarks/figure3_study.py``, one table per factor against
+digits and the app's fine-tuning task): "tapered" class weights, open sides closed
+``min(0.5, 4 / (p + 1))`` of the way (at least 0.25 for a box without a training negative), seeds
+nearest the positives' centroid, 3 sweeps, an unlimited ``min_pts`` window. On digits (5 draws per
+class) the mean F1 at p = 16 / 22 / 32 / 48 / 64 is 0.527 / 0.550 / 0.585 / 0.608 / 0.605 (the
+previous "sqrt" defaults: 0.540 / 0.564 / 0.582 / 0.540 / 0.527, falling after p = 32); a single
+model saturates near 0.60 from p = 32-48, where steps of +-0.01 are noise (figure3_study.py, table 10).
+``DecisionBranches(**ORIGINAL_PARAMS)`` reproduces the original app's ``db`` configuration.
 """
 
 from __future__ import annotations
@@ -167,36 +168,37 @@ class DecisionBranches:
         How far towards that extreme an open side goes (the original drew it at random in [0, 1)).
         With a few hundred random negatives most sides of a box have no training row beyond them,
         so this decides how far boxes generalise. "auto" (p = number of positives):
-        ``min(0.5, split_scale / (p + 1))``, but at least 0.25 for a box that holds no training
-        negative. Measured (benchmarks/figure3_study.py): on digits a constant 0.25 plateaus from
-        p = 32 while the fading split keeps F1 rising to p = 64 and, at 0.5, lifts p = 4-8; on the
-        app's task (60 positives, clean boxes) anything below 0.25 costs F1 (0.1: 0.79 vs 0.84),
-        hence the floor for clean boxes, which also keeps that task unchanged.
-    split_scale : float > 0, default 8
-        The ``split_scale`` of ``stop_infinite_split="auto"`` (8 here, 4 in the ensemble: measured).
+        ``min(0.5, split_scale / (p + 1))`` (beyond the farthest of p members of a class lies about
+        1 / (p + 1) of it), but at least 0.25 for a box that holds no training negative. Measured
+        (benchmarks/figure3_study.py, table 2): a constant split trades few positives against many
+        (ensemble on digits, p = 8 / 64: 0.25 gives 0.55 / 0.75, 0.5 gives 0.60 / 0.71, "auto"
+        0.60 / 0.78); on the app's task (60 positives, boxes without training negatives) anything
+        below 0.25 costs F1 (0.1: 0.81 vs 0.86 here, 0.89 vs 0.94 for the ensemble), hence the floor.
+    split_scale : float > 0, default 4
+        The scale of ``stop_infinite_split="auto"`` (8 measured the same within noise, table 2).
     n_sweeps : int, default 3
         Sweeps over a box's dims while bounds still change (1 = the original algorithm).
     class_weight : None, "tapered", "sqrt", "balanced" or dict, default "tapered"
         Multiplies sample weights per class. "balanced": both classes weigh the same in total;
         "sqrt": the square root of the balanced factors; None: the original. "tapered" (p = number
         of positives): balanced up to 5 positives, then the positives' total weight is 5 / p of the
-        negatives' (negatives keep their own weights), so a positive's weight relative to a random
-        negative falls as ``n_neg * 5 / p**2`` (about (50 / p)**2 with 500 negatives). Why: the Gini
-        growth admits a region when its weighted positives outweigh its negatives, so the weight of
-        a positive is how many negatives it can pull in; a few positives need a large one to grow a
-        box beyond the seed, many positives need a small one or boxes over-grow. The best fixed
-        ratio on digits measured >= 32 at p = 8, 8-16 at p = 16, 2-4 at p = 32, <= 1 at p = 64
-        (benchmarks/figure3_study.py), about 1 / p**2, while "sqrt" falls only as 1 / sqrt(p) (ratio
-        2.8 at p = 64: F1 fell from 0.58 at p = 32 to 0.53 at p = 64). Class factors are computed
+        negatives' (negatives keep their own weights), so one positive weighs ``n_neg * 5 / p**2``
+        random negatives ((50 / p)**2 with 500). Why: the Gini growth admits a region when its
+        weighted positives outweigh its negatives, so a positive's weight is how many negatives it
+        can pull into a box; a few positives need a large one to grow a box beyond the seed, many
+        need a small one or boxes over-grow. The best fixed weight on digits (ensemble; figure3_study
+        table 1a) was 64 at p = 4-8, 8 at p = 16, 4 at p = 32 and 1 (the smallest tried) at p = 64,
+        about 1 / p**2; under "sqrt" it falls only as 1 / sqrt(p) (2.8 at p = 64), and F1 fell after
+        p = 32 (branches 0.58 -> 0.53 at p = 64, ensemble 0.75 -> 0.68). Class factors are computed
         from the weighted class totals, so a weight given to EVERY negative is re-balanced away
         (under "sqrt": partly); weights on some rows (e.g. user-marked negatives among random ones)
         act as expected.
     seed_positive : "centroid" or "random", default "centroid"
         The positive each box is grown from: the remaining positive nearest the remaining
-        positives' (weighted) centroid, or one drawn at random (the original; the ensemble's
-        estimators use it, their diversity needs it). More positives locate the centre better, so
-        the main box improves with p instead of depending on which member was drawn: digits F1 at
-        p = 32 / 48 / 64 0.59 / 0.60 / 0.61 vs 0.58 / 0.57 / 0.57 with random seeds.
+        positives' (weighted) centroid (ties: the first row), or one drawn at random (the
+        original; the ensemble's estimators keep it, their diversity needs it). Measured
+        (figure3_study.py, tables 3 and 10): the app's task 0.86 vs 0.83 with random seeds; on
+        digits the same within noise.
     retry_limit : int, default 5
         Stop after this many seeds in a row gave no valid box.
     post_tree : bool, default False
@@ -216,7 +218,7 @@ class DecisionBranches:
     """
 
     def __init__(self, subsets=None, *, max_boxes=30, max_evals="all", min_pts=None, min_samples_in_box=1,
-                 early_stopping=True, stop_infinite=True, stop_infinite_split="auto", split_scale=8.0, n_sweeps=3,
+                 early_stopping=True, stop_infinite=True, stop_infinite_split="auto", split_scale=4.0, n_sweeps=3,
                  class_weight="tapered", seed_positive="centroid", retry_limit=5, post_tree=False, n_jobs=None,
                  random_state=None):
         self.subsets = subsets

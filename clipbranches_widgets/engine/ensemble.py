@@ -36,24 +36,23 @@ class BranchEnsemble:
         positive once in every sample and resamples only the negatives, so the user's few
         positives are never lost.
     max_evals : default 0.5
-        Subsets tried per box in each estimator (the original's ensemble setting; 0.25 gains on
-        digits but costs the app's task 0.005-0.01 F1, benchmarks/figure3_study.py).
+        Subsets tried per box in each estimator (the original's ensemble setting).
     stop_infinite : bool, default True
         Close open sides part-way (see DecisionBranches). The original's ensemble used False (open
-        sides extend to 0 / 255): F1 0.74 vs 0.87 on app-like tasks.
+        sides extend to 0 / 255): on digits F1 0.71 / 0.70 vs 0.74 / 0.78 at p = 32 / 64, on the
+        app's task 0.93 vs 0.94 (benchmarks/figure3_study.py, table 2).
     stop_infinite_split, split_scale : as in :class:`DecisionBranches`; defaults "auto" and 4:
         open sides closed ``min(0.5, 4 / (p + 1))`` of the way, at least 0.25 for a box without a
-        training negative. The votes already trim what single estimators over-extend, so the
-        ensemble keeps the larger split longer than a single model (8 / (p + 1)) would fade it...
-        measured on digits: with 4 the mean F1 rises at every p from 16 to 64; with a constant 0.25
-        it is flat from p = 32 (0.761, 0.764, 0.761); and at p = 8 the 0.5 split lifts F1 from 0.53
-        to 0.59 (nearest neighbours: 0.49).
+        training negative. With a constant 0.25 the ensemble is flat from p = 32 on digits and lower
+        at few positives (p = 4 / 8 / 64: 0.12 / 0.55 / 0.75 vs 0.24 / 0.60 / 0.78; table 2).
     class_weight, min_pts, n_sweeps, seed_positive : as in :class:`DecisionBranches`; defaults
         "tapered", None, 1, "random" (the original used None, "auto", 1, random seeds). "tapered"
-        keeps the few-positive gain of balanced weights and stops over-growing boxes as positives
-        grow: digits F1 at p = 32 / 48 / 64 0.76 / 0.78 / 0.78 vs 0.75 / 0.71 / 0.68 with "sqrt",
-        which weighs each positive 2.8 random negatives at p = 64 (benchmarks/figure3_study.py).
-        Random seeds: centroid seeds make the estimators alike (digits F1 0.74 vs 0.76 at p = 64).
+        keeps the few-positive gain of balanced weights and stops boxes over-growing as positives
+        grow: on digits (figure3_digits.py, 5 draws per class) F1 at p = 8 / 32 / 48 / 64 is
+        0.589 / 0.755 / 0.781 / 0.784 vs 0.386 / 0.753 / 0.713 / 0.680 with the previous "sqrt"
+        weights (which weigh a positive 2.8 random negatives at p = 64) and 0.25 split; nearest
+        neighbours score 0.486 at p = 8. Centroid seeds make the estimators alike (table 3: 0.72 / 0.77 vs
+        0.74 / 0.78 at p = 32 / 64).
     n_jobs : int or None, default None
         Threads training estimators (None = all cores).
     random_state : None, int or Generator
