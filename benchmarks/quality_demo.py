@@ -1,6 +1,6 @@
 """Measured quality of the demo world: reducers, text search, fine-tuning, Figure 3 on demo concepts.
 
-Protocol: shared/DEMO-WORLD.md (the prototype's numbers) and the issue's quality targets.
+Protocol: the demo world's recipe (a prototype's numbers) and the issue's quality targets.
 
 1. Table 1 (paper): with the catalog's own encoder, full-width image features of the catalog
    world, (image, caption) pairs of the training world ShapesWorld(seed=1); reducers to 32-d:
@@ -407,7 +407,7 @@ def markdown(res, stem: Path) -> str:
             L.append(f"| {mname} | " + " | ".join(f"{v['round1']['mean']:.3f} / {v['round2']['mean']:.3f}" for v in d.values())
                      + f" | {ft['refine_s_mean'][mname]:.2f} |")
         L += [""] + [f"- {k}: {yes(v)}" for k, v in ft.get("targets", {}).items()]
-        L += ["- prototype (shared/DEMO-WORLD.md): random forest 0.67 (plain negatives) to 0.87 (filtered + balanced).",
+        L += ["- prototype (an earlier study of the demo world): random forest 0.67 (plain negatives) to 0.87 (filtered + balanced).",
               "", f"![fine-tuning]({stem.name}_finetune.png)", ""]
     f3 = res.get("figure3")
     if f3:

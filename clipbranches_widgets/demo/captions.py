@@ -1,7 +1,6 @@
 """Captions of shapes-world images, and hard-negative captions for contrastive training.
 
-Recipe (``/work/shared/DEMO-WORLD.md``, "Captions" and "Training / Loss"):
-objects in shuffled order, a subset only with p=.25 when there are 2+ objects; each object
+The recipe: objects in shuffled order, a subset only with p=.25 when there are 2+ objects; each object
 "a/an [size] colour shape [position]" (size p=.5, position p=.15); joined "A, B and C"; the
 background as "... on <bg>" (p=.55) or "<bg> with ..." (p=.1); a prefix with p=.4.
 """

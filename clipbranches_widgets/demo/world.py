@@ -3,7 +3,7 @@
 An image is a pure function of ``(seed, index)`` (and the world's settings): its random layout is
 drawn first from ``np.random.default_rng([seed, index])`` by :meth:`ShapesWorld._layout`, which both
 :meth:`ShapesWorld.metadata` and :meth:`ShapesWorld.image` use, so the metadata is exactly what is
-drawn and never needs pixels. The recipe is in ``/work/shared/DEMO-WORLD.md`` ("Generator").
+drawn and never needs pixels.
 """
 
 from __future__ import annotations
