@@ -284,6 +284,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2 concepts a type, 3 rounds, 2 digit draws")
     ap.add_argument("--no-figure3", action="store_true")
     ap.add_argument("--no-multi", action="store_true")
+    ap.add_argument("--figure3-only", action="store_true", help="only Figure 3 on digits (results to --out)")
     ap.add_argument("--kinds", help="only these concept types (comma-separated), for experiments")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -292,6 +293,11 @@ def main():
     runs = [(m, "suggest") for m in args.models.split(",")] + [("ensemble", "top")]
     result = {"rounds": rounds, "quick": args.quick, "machine": machine()}
 
+    if args.figure3_only:
+        codes, labels = digits_codes()
+        curves = figure3_run(codes, labels, FIG3, reps=2 if args.quick else 5)
+        print(json.dumps(curves))
+        return
     cat = open_catalog(args.catalog)
     cat.box_index()  # built once, not counted in refine times
     sets = concept_sets(args.quick)

@@ -47,7 +47,7 @@ from .engine import BranchEnsemble, DecisionBranches, make_training_set
 from .engine._validation import check_random_state
 from .engine.baselines import make_baseline, scan_sklearn
 from .engine.linear import LinearCodes
-from .engine.selection import held_out_membership
+from .engine.selection import FEW_POSITIVES, held_out_membership
 from .exploration import Page, design_weights, estimate_quality, inclusion_probabilities, neighbourhood_size, \
     systematic_sample
 
@@ -358,7 +358,7 @@ class SearchSession:
             # rows the random negatives were drawn from: all but the labelled ones and the query's top
             n_eligible = n - len(set(neighbours.tolist()) | set(self._labels))
             fits = {f: self._fit_and_apply(f, train, model_seed, n_eligible, timings) for f in families}
-            chosen, selection = self._choose(model, fits)
+            chosen, selection = self._choose(model, fits, len(pos))
             fitted, found, estimate = fits[chosen]
             timings["total"] = time.perf_counter() - t_start
 
@@ -413,12 +413,16 @@ class SearchSession:
         return fitted, found, estimate
 
     @staticmethod
-    def _choose(requested: str, fits: dict) -> tuple[str, dict]:
+    def _choose(requested: str, fits: dict, n_positives: int) -> tuple[str, dict]:
         """The family to answer with, and per family its estimate plus the reason for the choice."""
         selection = {f: {k: est[k] for k in ("precision", "recall", "f1")} for f, (_, _, est) in fits.items()}
         if requested != "auto":
             selection["reason"] = f"{requested} was asked for"
             return requested, selection
+        if n_positives < FEW_POSITIVES:
+            selection["reason"] = (f"linear: with fewer than {FEW_POSITIVES} positives marked, a linear model "
+                                   f"generalises best and cross-validation cannot tell the families apart")
+            return "linear", selection
         best = max(fits[f][2]["f1"] for f in fits)
         # estimates are noisy: a family listed earlier wins unless a later one is clearly better
         chosen = next(f for f in AUTO_FAMILIES if f in fits and fits[f][2]["f1"] >= best - AUTO_MARGIN)

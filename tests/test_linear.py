@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 
 from clipbranches_widgets.engine import BranchEnsemble
 from clipbranches_widgets.engine.linear import LinearCodes, centred
-from clipbranches_widgets.engine.selection import BestFamily, held_out_f1, held_out_membership, stratified_folds
+from clipbranches_widgets.engine.selection import FEW_POSITIVES, BestFamily, held_out_f1, held_out_membership, stratified_folds
 
 
 def _task(seed=0, n=800):
@@ -92,9 +92,19 @@ def test_best_family_picks_by_held_out_f1_with_a_margin():
     auto = BestFamily(random_state=0).fit(X, y)
     assert set(auto.cv_f1_) == {"ensemble", "linear"}
     best = max(auto.cv_f1_.values())
-    assert auto.chosen_ == next(f for f in ("ensemble", "linear") if auto.cv_f1_[f] >= best - 0.03)
+    order = list(BestFamily.default_families())
+    assert order == ["linear", "ensemble"]
+    assert auto.chosen_ == next(f for f in order if auto.cv_f1_[f] >= best - 0.03)
     # a linear concept: the linear family is clearly better held out and gets chosen
     assert auto.chosen_ == "linear" and auto.cv_f1_["linear"] > auto.cv_f1_["ensemble"] + 0.03
     assert np.array_equal(auto.predict(X), auto.estimator_.predict(X))
     only = BestFamily({"ensemble": lambda s: BranchEnsemble(5, random_state=s)}, random_state=0).fit(X, y)
     assert only.chosen_ == "ensemble" and 0 <= held_out_f1(np.array([1, 0, -1]), np.array([1, 1, 0])) <= 1
+
+
+def test_best_family_takes_the_linear_model_below_few_positives():
+    X, y, _ = _task(6)
+    few = np.flatnonzero(y == 1)[:FEW_POSITIVES - 1]
+    keep = np.r_[few, np.flatnonzero(y == 0)]
+    auto = BestFamily(random_state=0).fit(X[keep], y[keep])
+    assert auto.chosen_ == "linear" and auto.cv_f1_ == {}

@@ -426,3 +426,14 @@ def test_a_marked_page_turns_the_estimate_into_a_sample_estimate_and_survives_sa
     path.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="outside the catalog|unknown|id"):
         SearchSession.load(path, tiny_catalog)
+
+
+def test_auto_takes_the_linear_model_below_few_positives(tiny_catalog):
+    from clipbranches_widgets.engine.selection import FEW_POSITIVES
+
+    session = SearchSession(tiny_catalog, random_state=0)
+    session.text_search("a red star", k=10)
+    session.label(_concept_ids(tiny_catalog, "a red star", FEW_POSITIVES - 1), "pos")
+    result = session.refine(random_state=0)
+    assert result.model_name == "linear" and f"fewer than {FEW_POSITIVES} positives" in result.selection["reason"]
+    assert set(result.selection) == {*AUTO_FAMILIES, "reason"}  # both still estimated, for the record
