@@ -19,6 +19,9 @@ nearest the positives' centroid, 3 sweeps, an unlimited ``min_pts`` window. On d
 class) the mean F1 at p = 16 / 22 / 32 / 48 / 64 is 0.527 / 0.550 / 0.585 / 0.608 / 0.605 (the
 previous "sqrt" defaults: 0.540 / 0.564 / 0.582 / 0.540 / 0.527, falling after p = 32); a single
 model saturates near 0.60 from p = 32-48, where steps of +-0.01 are noise (figure3_study.py, table 10).
+These defaults were measured for p <= 64. Over several rounds of the app's loop (100-180 positives,
+broad concepts; table 11) "tapered" weights and the fading split shrink the boxes (ensemble, round 3,
+median F1 0.73 vs 0.85 with "sqrt" and 0.25), so ``SearchSession`` keeps those for its box models.
 ``DecisionBranches(**ORIGINAL_PARAMS)`` reproduces the original app's ``db`` configuration.
 """
 
