@@ -6,7 +6,7 @@ nearest the remaining positives' centroid), grow one candidate box around it on 
 decimals; ties: fewer dims, then first drawn), remove every training row it covers, repeat until no
 positive is left, ``max_boxes`` boxes exist, or ``retry_limit`` seeds in a row gave no valid box.
 
-Differences from the original code (``shared/reference/clip-branches-reference.md`` 1.9, 7):
+Differences from the original code (the authors' implementation):
 weights are real sample weights (``sample_weight``, ``class_weight``), not duplicated rows; all
 randomness comes from a local ``np.random.Generator`` built from ``random_state``; bounds are exact
 uint8 integers; optional extra sweeps (``n_sweeps``) let a box revisit dims.
