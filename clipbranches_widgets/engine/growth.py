@@ -1,6 +1,7 @@
 """Growing one box around a seed positive: the inner step of decision-branch training.
 
-This is the VLDB'23 procedure restated for uint8 codes, where every bound is an integer and a box is closed: ``lo <= x <= hi``.
+This is the VLDB'23 procedure restated for uint8 codes, where every bound is an integer and a box
+is closed: ``lo <= x <= hi``.
 
 1. Start with the box that holds just the seed (and its exact duplicates on the subset).
 2. Sweep the subset's dims in a given (shuffled) order. For each dim, look at the *slab*: rows inside
