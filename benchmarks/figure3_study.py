@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from figure3_digits import SUBSETS, digits_codes, f1, nn_baseline  # noqa: E402
+from quality_demo import machine  # noqa: E402
 
 from clipbranches_widgets.engine import BranchEnsemble, DecisionBranches, make_training_set  # noqa: E402
 from clipbranches_widgets.engine import branches as branches_module  # noqa: E402
@@ -560,14 +560,7 @@ def main():
 
     summary = findings(js, ps) if tables >= set(range(10)) else []
     secs = time.time() - t_start
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = machine()["cpu"]
     cmd = "python benchmarks/figure3_study.py " + " ".join(sys.argv[1:])
     head = ["# Figure 3 study: why F1 fell as positives grew, factor by factor", "",
             f"Re-run: `.venv/bin/python benchmarks/figure3_study.py` (this run: `{cmd.strip()}`, "
