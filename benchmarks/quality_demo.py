@@ -60,6 +60,12 @@ def tqdm(*a, **kw):
     return _t(*a, **kw)
 
 
+def repo_path(path) -> str:
+    """``path`` relative to the repository when it lies inside it (reports never hold machine paths)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def machine() -> dict:
     cpu = platform.processor() or "unknown"
     try:
@@ -451,7 +457,7 @@ def main():
     if cat.demo_world is None:
         sys.exit(f"{args.catalog} is not a demo-world catalog (its manifest names no demo_world)")
     enc = cat.manifest.get("encoder", {})
-    res = {"catalog": str(args.catalog), "n_items": cat.n_items, "quick": q, "machine": machine(),
+    res = {"catalog": repo_path(args.catalog), "n_items": cat.n_items, "quick": q, "machine": machine(),
            "command": "python benchmarks/quality_demo.py " + " ".join(sys.argv[1:]),
            "encoder": f"{enc.get('name', enc.get('model'))} + reducer {enc.get('reducer')}",
            "build": (cat.manifest.get("extra") or {}).get("build", {}), "timings": {}}
@@ -478,7 +484,7 @@ def main():
     res["seconds"] = time.perf_counter() - t0
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    res["plots"] = plots(res, args.out)
+    res["plots"] = {name: repo_path(f) for name, f in plots(res, args.out).items()}
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     md = markdown(res, args.out)
     args.out.with_suffix(".md").write_text(md)

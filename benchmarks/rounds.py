@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from figure3_digits import PS, digits_codes, run as figure3_run  # noqa: E402
-from quality_demo import concept_sets, machine  # noqa: E402
+from quality_demo import concept_sets, machine, repo_path  # noqa: E402
 
 from clipbranches_widgets.catalog import open_catalog  # noqa: E402
 from clipbranches_widgets.demo import all_color_shape_concepts, concept_mask  # noqa: E402
@@ -304,7 +304,7 @@ def main():
     if args.kinds:
         sets = {k: v for k, v in sets.items() if k in args.kinds.split(",")}
     demo = run_catalog(cat, sets, runs, rounds)
-    demo.update(catalog=str(args.catalog.relative_to(ROOT) if args.catalog.is_relative_to(ROOT) else args.catalog),
+    demo.update(catalog=repo_path(args.catalog),
                 n_items=cat.n_items, summary=summarise(demo, list(sets), rounds))
     result["demo"] = demo
 
@@ -315,7 +315,7 @@ def main():
         cs = all_color_shape_concepts()
         msets = {"colour+shape": [cs[i] for i in sorted(rng.choice(len(cs), 4 if args.quick else 16, replace=False))]}
         multi = run_catalog(mcat, msets, [r for r in runs if r[0] in ("auto", "ensemble")], rounds)
-        multi.update(catalog=str(args.multi.relative_to(ROOT) if args.multi.is_relative_to(ROOT) else args.multi),
+        multi.update(catalog=repo_path(args.multi),
                      n_items=mcat.n_items, summary=summarise(multi, list(msets), rounds))
         result["multi"] = multi
 
