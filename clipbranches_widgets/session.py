@@ -457,8 +457,10 @@ class SearchSession:
             ids = systematic_sample(pi, rng)
             in_answer = np.isin(ids, answer)
             # confirm first, then explore; each part in the query's order where there is one
-            order = np.lexsort((ids, ~in_answer)) if neighbourhood is None else \
-                np.lexsort((self._query_rank(ids, neighbourhood), ~in_answer))
+            query_rank = np.full(n, n, np.int64)  # past the end for items outside the neighbourhood
+            if neighbourhood is not None:
+                query_rank[neighbourhood] = np.arange(neighbourhood.shape[0])
+            order = np.lexsort((ids, query_rank[ids], ~in_answer))
             ids, in_answer = ids[order], in_answer[order]
             self._pages.append(Page(ids, pi[ids]))
             query = {"type": "suggest", "n_in_answer": int(in_answer.sum()),
@@ -475,12 +477,6 @@ class SearchSession:
             ids = self.catalog.nearest().search(self._query_vector, k=size)[0][0].astype(np.int64)
             self._neighbourhood_cache = cached = (self._query_vector, ids)
         return cached[1][:size]
-
-    @staticmethod
-    def _query_rank(ids: np.ndarray, neighbourhood: np.ndarray) -> np.ndarray:
-        """Rank of each id in the query's neighbourhood (past its end for ids outside it)."""
-        rank = {int(i): r for r, i in enumerate(neighbourhood)}
-        return np.array([rank.get(int(i), neighbourhood.shape[0]) for i in ids], np.int64)
 
     @property
     def pages(self) -> list[Page]:

@@ -77,9 +77,7 @@ class LinearCodes:
         if not isinstance(self.max_iter, (int, np.integer)) or isinstance(self.max_iter, bool) or self.max_iter < 1:
             raise ValueError(f"max_iter must be an int >= 1; got {self.max_iter!r}")
         X = check_codes(X)
-        y = check_labels(y, X.shape[0]).astype(np.float64)
-        if y.min() == y.max():
-            raise ValueError("LinearCodes needs both positive and negative rows to fit")
+        y = check_labels(y, X.shape[0]).astype(np.float64)  # raises unless both classes are present
         sw = check_sample_weight(sample_weight, X.shape[0])
         s = sw * self._class_factors(y, sw)
         check_random_state(self.random_state)  # validated for uniformity; the solver draws nothing
