@@ -71,12 +71,13 @@ def nn_baseline(codes: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def run(codes, labels, methods, ps=PS, reps=5, n_neg=500):
-    """Mean F1 per method and p (over classes and repetitions)."""
+def run_draws(codes, labels, methods, ps=PS, reps=5, n_neg=500):
+    """F1 per method, p and draw: ``{method: array (len(ps), classes x reps)}``."""
     classes = np.unique(labels)
-    scores = {m: np.zeros(len(ps)) for m in [*methods, "nearest neighbours (k = true size)"]}
+    names = [*methods, "nearest neighbours (k = true size)"]
+    scores = {m: np.zeros((len(ps), len(classes) * reps)) for m in names}
     for pi, p in enumerate(ps):
-        for c in classes:
+        for ci, c in enumerate(classes):
             members = np.flatnonzero(labels == c)
             for rep in range(reps):
                 rng = np.random.default_rng([int(c), p, rep])
@@ -86,12 +87,17 @@ def run(codes, labels, methods, ps=PS, reps=5, n_neg=500):
                 keep = np.ones(len(labels), bool)
                 keep[pos] = False
                 truth = (labels == c)[keep]
+                draw = ci * reps + rep
                 for name, make in methods.items():
-                    scores[name][pi] += f1(make(rep).fit(X, y).predict(codes)[keep], truth)
-                scores["nearest neighbours (k = true size)"][pi] += f1(nn_baseline(codes, pos, len(members))[keep], truth)
-        print(f"p={p}: " + ", ".join(f"{m} {v[pi] / (len(classes) * reps):.3f}" for m, v in scores.items()), flush=True)
-    n = len(classes) * reps
-    return {m: (v / n).tolist() for m, v in scores.items()}
+                    scores[name][pi, draw] = f1(make(rep).fit(X, y).predict(codes)[keep], truth)
+                scores[names[-1]][pi, draw] = f1(nn_baseline(codes, pos, len(members))[keep], truth)
+        print(f"p={p}: " + ", ".join(f"{m} {v[pi].mean():.3f}" for m, v in scores.items()), flush=True)
+    return scores
+
+
+def run(codes, labels, methods, ps=PS, reps=5, n_neg=500):
+    """Mean F1 per method and p (over classes and repetitions)."""
+    return {m: v.mean(axis=1).tolist() for m, v in run_draws(codes, labels, methods, ps, reps, n_neg).items()}
 
 
 def first_win(curve, baseline, ps=PS):

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from figure3_digits import PS, digits_codes, run as figure3_run  # noqa: E402
+from figure3_digits import PS, digits_codes, run_draws  # noqa: E402
 from quality_demo import concept_sets, machine, repo_path  # noqa: E402
 
 from clipbranches_widgets.catalog import open_catalog  # noqa: E402
@@ -155,6 +155,14 @@ FIG3 = {
 }
 
 
+def figure3(reps: int) -> dict:
+    """Figure 3 on digits: mean F1 and its standard error per method and p."""
+    codes, labels = digits_codes()
+    draws = run_draws(codes, labels, FIG3, reps=reps)
+    return {"ps": PS, "reps": reps, "f1": {m: v.mean(axis=1).tolist() for m, v in draws.items()},
+            "sem": {m: (v.std(axis=1, ddof=1) / np.sqrt(v.shape[1])).tolist() for m, v in draws.items()}}
+
+
 # -- report --------------------------------------------------------------------------------------
 
 def plots(result: dict, stem: Path):
@@ -223,6 +231,107 @@ def fmt_row(values) -> str:
     return " | ".join(f"{v:.3f}" for v in values)
 
 
+def broad_median(block: dict, run: str, rnd: int) -> float:
+    """Median F1 over every broad concept (shape, colour, size+shape together) at round ``rnd``."""
+    return float(np.median([e[run][rnd - 1]["f1"] for e in block["concepts"].values() if e["kind"] in BROAD]))
+
+
+def auto_gap(block: dict) -> tuple[float, str]:
+    """Worst (auto - best single family) over concept types and rounds of the per-type medians, and where."""
+    families = [r for r in block["runs"] if r.endswith("/suggest") and not r.startswith("auto")]
+    worst, where = np.inf, ""
+    for kind, s in block["summary"]["auto/suggest"]["kinds"].items():
+        best = np.max([block["summary"][r]["kinds"][kind]["median_f1"] for r in families], axis=0)
+        gap = np.array(s["median_f1"]) - best
+        i = int(np.argmin(gap))
+        if gap[i] < worst:
+            worst, where = float(gap[i]), f"{kind}, round {i + 1}"
+    return worst, where
+
+
+def targets(result: dict) -> list[tuple[str, str, bool, str]]:
+    """The issue's targets against this run: (target, measured, met, why a miss is what it is)."""
+    demo, multi, fig3 = result["demo"], result.get("multi"), result.get("figure3")
+    out = []
+    r3 = {run: broad_median(demo, run, 3) for run in ("auto/suggest", "ensemble/suggest")}
+    ens_kinds = {k: demo["summary"]["ensemble/suggest"]["kinds"][k]["median_f1"][2] for k in BROAD}
+    out.append(("broad concepts: round-3 median F1 >= 0.85 (aim 0.90), default model and ensemble",
+                f"auto {r3['auto/suggest']:.3f}, ensemble {r3['ensemble/suggest']:.3f}",
+                min(r3.values()) >= 0.85,
+                "the ensemble alone is %.3f below; its weakest type is size+shape (%.3f, linear %.3f); the "
+                "default model, which takes linear there by cross-validation, meets the target"
+                % (0.85 - r3["ensemble/suggest"], ens_kinds["size+shape"],
+                   demo["summary"]["linear/suggest"]["kinds"]["size+shape"]["median_f1"][2])))
+    below = [t for k in BROAD for t in demo["summary"]["auto/suggest"]["kinds"][k]["below_text_at_round3"]]
+    gaps = "; ".join(f"{t}: text alone {demo['concepts'][t]['text_r_precision']:.3f}, the loop "
+                     + " / ".join(f"{rec['f1']:.3f}" for rec in demo["concepts"][t]["auto/suggest"][2:])
+                     + " in rounds 3-" + str(len(demo["concepts"][t]["auto/suggest"])) for t in below)
+    out.append(("no broad concept below its text-search R-precision at round 3 (default model)",
+                ", ".join(below) or "none", not below,
+                f"{gaps}: where the query alone is nearly exact, 180 marks on 32-byte codes come within 0.03 "
+                "of it but not above"))
+    narrow = {run: demo["summary"][run]["kinds"]["colour+shape"]["median_f1"][2] for run in r3}
+    out.append(("narrow concepts (colour+shape): round-3 median F1 >= 0.97",
+                f"auto {narrow['auto/suggest']:.3f}, ensemble {narrow['ensemble/suggest']:.3f}",
+                min(narrow.values()) >= 0.97, ""))
+    if multi:
+        m3 = {run: multi["summary"][run]["kinds"]["colour+shape"]["median_f1"][2] for run in r3}
+        out.append(("multi-object catalog, colour+shape: round-3 median F1 >= 0.6",
+                    f"auto {m3['auto/suggest']:.3f}, ensemble {m3['ensemble/suggest']:.3f}", min(m3.values()) >= 0.6,
+                    "above what the 32-byte codes allow: classifiers trained on 10,000 TRUE labels reach a median "
+                    "F1 of 0.37 (linear) / 0.49 (200-tree forest) on held-out scenes (multi_ceiling.md); "
+                    "the loop reaches ~90% of that ceiling with 180 marks"))
+    for name, block in (("demo", demo), ("multi-object", multi)):
+        if block:
+            share = block["summary"]["auto/suggest"]["estimate_round3"]["share_within_0.15_both"]
+            out.append((f"estimate within 0.15 of the truth (P and R) at round 3 for >= 75% of concepts, {name}",
+                        f"{share:.0%}", share >= 0.75,
+                        "" if share >= 0.75 else "the multi-object answers are half wrong, and a 60-item page "
+                        "samples their precision with a standard error near 0.1"))
+    if fig3:
+        ps, f1 = fig3["ps"], fig3["f1"]
+        start = ps.index(16)
+        drops = {m: float(np.min(np.diff(f1[m][start:]))) for m in ("branches", "ensemble")}
+        sem = fig3.get("sem", {})
+        worst_sem = max((max(sem[m][start:]) for m in drops if m in sem), default=float("nan"))
+        out.append(("digits: branches and ensemble F1 non-decreasing in p from p = 16",
+                    ", ".join(f"{m}: largest drop {-min(d, 0):.3f}" for m, d in drops.items()),
+                    min(drops.values()) >= 0,
+                    f"each mean has a standard error up to {worst_sem:.3f} over its {10 * fig3['reps']} draws, so "
+                    "the drop is not a measurable decrease"))
+        orig = RESULTS / "figure3_digits.json"
+        if orig.exists():
+            o = json.loads(orig.read_text())["f1"]
+            margin = min(float(np.min(np.array(f1[m]) - np.array(o[f"{m} (original settings)"])))
+                         for m in ("branches", "ensemble"))
+            out.append(("digits: branches and ensemble >= the original settings at every p",
+                        f"smallest margin {margin:+.3f}", margin >= 0, ""))
+        nn = f1["nearest neighbours (k = true size)"]
+        first = next((p for p, a, b in zip(ps, f1["ensemble"], nn) if a > b), None)
+        out.append(("digits: the ensemble beats nearest neighbours from p <= 8", f"from p = {first}",
+                    first is not None and first <= 8, ""))
+        best = np.max([f1[m] for m in ("branches", "ensemble", "linear")], axis=0)
+        gap = np.array(f1["auto (BestFamily)"]) - best
+        worst = int(np.argmin(gap[ps.index(4):])) + ps.index(4)
+        out.append(("digits: automatic choice within 0.02 of the best single family at every p >= 4",
+                    f"worst {gap[worst]:+.3f} at p = {ps[worst]}", gap[worst] >= -0.02,
+                    "3-fold cross-validation on 12-22 positives picks the ensemble over linear in some draws "
+                    "where linear is better on the catalog: the choice is only as good as a 4-7-positive fold"))
+    gap, where = auto_gap(demo)
+    out.append(("demo world: automatic choice within 0.02 of the best single family (per type and round)",
+                f"worst {gap:+.3f} ({where})", gap >= -0.02,
+                "in round 1 the only marks are the text search's first page, one kind of the concept (for 'a "
+                "star': 60 blue stars); cross-validation on them rates the ensemble higher (a large triangle: "
+                "0.97 vs 0.84) while linear finds more of the concept (true 0.13 vs 0.42, round1_choice.md); "
+                "from round 2 the marked suggestion pages show it"))
+    dash = RESULTS / "dashboard.json"
+    if dash.exists():
+        t = json.loads(dash.read_text())["summary"]["refine_plus_next_painted_s"]
+        out.append(("a refine plus its suggestions <= 1 s painted in the dashboard (bench_dashboard.py)",
+                    f"median {t['median']:.2f} s, max {t['max']:.2f} s", t["max"] <= 1.0, ""))
+    return out
+
+
 def markdown(result: dict, stem: Path) -> str:
     rounds = result["rounds"]
     lines = [f"# The search loop over {rounds} rounds: suggestions, the automatic model, the estimate", "",
@@ -272,6 +381,11 @@ def markdown(result: dict, stem: Path) -> str:
         gap = np.array(fig3["f1"]["auto (BestFamily)"]) - best
         lines += ["", "Automatic choice minus the best single family per p: " + fmt_row(gap), "",
                   f"![Figure 3]({stem.name}_figure3.png)", ""]
+    if result.get("demo"):
+        lines += ["## The issue's targets", "", "| target | measured | met | a miss, explained by measurement |",
+                  "|---|---|---|---|"]
+        lines += [f"| {t} | {m} | {'yes' if ok else 'no'} | {'' if ok else why} |" for t, m, ok, why in targets(result)]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -284,19 +398,25 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2 concepts a type, 3 rounds, 2 digit draws")
     ap.add_argument("--no-figure3", action="store_true")
     ap.add_argument("--no-multi", action="store_true")
-    ap.add_argument("--figure3-only", action="store_true", help="only Figure 3 on digits (results to --out)")
+    ap.add_argument("--figure3-only", action="store_true", help="recompute only Figure 3 into --out/rounds.json and rewrite the report")
     ap.add_argument("--kinds", help="only these concept types (comma-separated), for experiments")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--report", action="store_true", help="only rewrite rounds.md and the plots from rounds.json")
     args = ap.parse_args()
+    if args.report:
+        result = json.loads((args.out / "rounds.json").read_text())
+        write_report(result, args.out)
+        return
     rounds = 3 if args.quick else args.rounds
     t_start = time.time()
     runs = [(m, "suggest") for m in args.models.split(",")] + [("ensemble", "top")]
     result = {"rounds": rounds, "quick": args.quick, "machine": machine()}
 
-    if args.figure3_only:
-        codes, labels = digits_codes()
-        curves = figure3_run(codes, labels, FIG3, reps=2 if args.quick else 5)
-        print(json.dumps(curves))
+    if args.figure3_only:  # recompute Figure 3 into an existing rounds.json and rewrite the report
+        result = json.loads((args.out / "rounds.json").read_text())
+        result["figure3"] = figure3(2 if args.quick else 5)
+        (args.out / "rounds.json").write_text(json.dumps(result, indent=1))
+        write_report(result, args.out)
         return
     cat = open_catalog(args.catalog)
     cat.box_index()  # built once, not counted in refine times
@@ -320,18 +440,20 @@ def main():
         result["multi"] = multi
 
     if not args.no_figure3:
-        codes, labels = digits_codes()
-        reps = 2 if args.quick else 5
-        curves = figure3_run(codes, labels, FIG3, reps=reps)
-        result["figure3"] = {"ps": PS, "reps": reps, "f1": curves}
+        result["figure3"] = figure3(2 if args.quick else 5)
 
     result["seconds"] = time.time() - t_start
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "rounds"
     (args.out / "rounds.json").write_text(json.dumps(result, indent=1))
+    write_report(result, args.out)
+
+
+def write_report(result: dict, out: Path):
+    stem = out / "rounds"
     plots(result, stem)
     md = markdown(result, stem)
-    (args.out / "rounds.md").write_text(md + "\n")
+    (out / "rounds.md").write_text(md + "\n")
     print(md)
 
 
