@@ -41,7 +41,7 @@ from figure3_digits import METHODS, PS, f1, first_win, run  # noqa: E402
 from clipbranches_widgets.build import caption_pairs, embed_world, fit_quantizer, fit_reducer  # noqa: E402
 from clipbranches_widgets.catalog import open_catalog  # noqa: E402
 from clipbranches_widgets.demo import (COLOR_NAMES, SHAPES, SIZES, ShapesWorld,  # noqa: E402
-                                       all_color_shape_concepts, concept_mask)
+                                       all_color_shape_concepts, concept_mask, world_of)
 from clipbranches_widgets.session import SearchSession  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,7 +138,7 @@ def zero_shot(image_vecs, text_vecs, truth) -> float:
 
 def table1(cat, args, timings) -> dict:
     enc = cat.query_encoder().encoder
-    world = cat.demo_world
+    world = world_of(cat)
     n = cat.n_items
     t = time.perf_counter()
     feats = embed_world(enc, world, n, n_jobs=args.jobs)

@@ -11,8 +11,8 @@ from PIL import Image
 from clipbranches_widgets import open_catalog
 from clipbranches_widgets.__main__ import main
 from clipbranches_widgets.catalog import write_catalog
-from clipbranches_widgets.demo import ShapesWorld
-from clipbranches_widgets.reducers import PCAReducer
+from clipbranches_widgets.demo import ShapesWorld, world_of
+from clipbranches_widgets.embedding.reducers import PCAReducer
 
 
 def test_package_exports_open_catalog_without_torch():
@@ -39,7 +39,8 @@ def test_tiny_catalog_answers_text_and_image_queries(tiny_catalog):
     assert by_id[0] == 7 or id_scores[0] == id_scores[1]  # the item itself (or an exact tie)
     assert id_scores[0] <= 1 + 1e-6
     # the thumbnail is rendered from the demo world: the same pixels as the generator's image
-    world = cat.demo_world
+    world = world_of(cat)
+    assert world is not None and world.seed == cat.manifest["extra"]["demo_world"]["seed"]
     assert np.abs(np.asarray(cat.image(7), np.int16) - world.image(7).astype(np.int16)).mean() < 8
     # the query side reproduces the stored codes from the picture (same encoder + reducer)
     q = cat.query_encoder().encode_images(world.images(0, 20))

@@ -80,8 +80,9 @@ def test_mismatched_manifest_and_bad_input(tmp_path):
     cat = write_catalog(tmp_path / "c3", codes, pa.table({"caption": ["a", "b", "c"]}))
     with pytest.raises(ValueError, match="unknown item id 3"):
         cat.thumbnail(3)
-    with pytest.raises(ValueError, match="stores no thumbnails"):
-        cat.thumbnail(0)
+    # no pictures: a text tile with the caption, never an error
+    assert not cat.has_thumbnails and cat.thumbnails.text(1) == "b"
+    assert cat.image(0).size == (160, 160)
 
 
 def test_stale_folder_from_a_crashed_write_is_not_used(tmp_path):

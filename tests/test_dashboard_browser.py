@@ -29,7 +29,7 @@ from dashboard_driver import CHROMIUM, app_timings, chromium_page, estimate_stat
     tile_state, view_state, voila_server
 
 from clipbranches_widgets import open_catalog
-from clipbranches_widgets.build import DEFAULT_CATALOG
+from clipbranches_widgets.catalog import DEFAULT_CATALOG
 from clipbranches_widgets.demo import concept_mask
 from clipbranches_widgets.session import SearchSession
 

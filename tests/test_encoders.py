@@ -1,4 +1,4 @@
-"""Tests for clipbranches_widgets.encoders (offline: HF_HUB_OFFLINE=1 comes from conftest.py)."""
+"""Tests for clipbranches_widgets.embedding.encoders (offline: HF_HUB_OFFLINE=1 comes from conftest.py)."""
 
 import json
 import os
@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from clipbranches_widgets import _torchvision_fix  # noqa: F401  (before open_clip)
+from clipbranches_widgets.embedding import _torchvision_fix  # noqa: F401  (before open_clip)
 
 pytest.importorskip("open_clip")
 
-from clipbranches_widgets import encoders as E  # noqa: E402
+from clipbranches_widgets.embedding import encoders as E  # noqa: E402
 from clipbranches_widgets.demo import ShapesWorld  # noqa: E402
 
 TEXTS = ["a red star", "a blue circle", "a red star", "a large green square"]

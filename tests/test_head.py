@@ -1,10 +1,10 @@
-"""Tests for clipbranches_widgets.head (projection heads trained with CLIP loss + KoLeo), CPU only."""
+"""Tests for clipbranches_widgets.embedding.head (projection heads trained with CLIP loss + KoLeo), CPU only."""
 
 import numpy as np
 import pytest
 import torch
 
-from clipbranches_widgets.head import (
+from clipbranches_widgets.embedding.head import (
     ProjectionHead,
     TrainedHead,
     clip_contrastive_loss,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipbranches_widgets.ingest import load_image, scan_folder
+from clipbranches_widgets.build.ingest import load_image, scan_folder
 
 
 def save(path, size=(40, 20), color=(200, 30, 30), fmt=None, exif_orientation=None):

@@ -9,7 +9,7 @@ from dashboard_driver import chromium_page, jupyterlab_server, tile_state
 from test_dashboard_browser import TIMEOUT_MS, _require_browser, _wait_tiles
 
 from clipbranches_widgets import open_catalog
-from clipbranches_widgets.build import DEFAULT_CATALOG
+from clipbranches_widgets.catalog import DEFAULT_CATALOG
 
 
 def test_search_app_works_inline_in_jupyterlab(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clipbranches_widgets.quantize import GlobalQuantizer, PerDimQuantizer, quantizer_from_dict
+from clipbranches_widgets.catalog.quantize import GlobalQuantizer, PerDimQuantizer, quantizer_from_dict
 
 
 def unit_vectors(n, d=32, seed=0):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from clipbranches_widgets.quantize import GlobalQuantizer, PerDimQuantizer
-from clipbranches_widgets.search import NearestNeighbours
+from clipbranches_widgets.catalog.quantize import GlobalQuantizer, PerDimQuantizer
+from clipbranches_widgets.catalog.search import NearestNeighbours
 
 
 def unit(n, d=32, seed=0):

@@ -31,9 +31,10 @@ def marked(tiny_catalog):
     return session
 
 
-def test_import_does_not_load_torch_or_widgets():
-    code = ("import sys, clipbranches_widgets.session; "
-            "print(sorted(m for m in ('torch', 'ipywidgets') if m in sys.modules))")
+@pytest.mark.parametrize("module", ["session", "catalog", "build", "embedding", "engine"])
+def test_import_does_not_load_torch_or_widgets(module):
+    code = (f"import sys, clipbranches_widgets.{module}; "
+            "print(sorted(m for m in ('torch', 'ipywidgets', 'open_clip') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -35,7 +35,7 @@ def test_open_clip_tiny_model_offline(tmp_path):
     cfg_dir.mkdir()
     (cfg_dir / "cb-tiny.json").write_text(json.dumps(TINY_CONFIG))
     code = f"""
-        import clipbranches_widgets._torchvision_fix as fix
+        import clipbranches_widgets.embedding._torchvision_fix as fix
         state = fix.apply()
         assert fix.apply() == state  # idempotent
         import torch, torchvision, open_clip
@@ -63,7 +63,7 @@ def test_fix_is_noop_after_torchvision_import(tmp_path):
     """Calling apply() late never raises; it reports that torchvision was already imported."""
     code = """
         import sys
-        import clipbranches_widgets._torchvision_fix as fix
+        import clipbranches_widgets.embedding._torchvision_fix as fix
         import torchvision
         fix._state = None
         assert fix.apply() == "already-imported"

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from ..encoders import (DEMO_MODEL_NAME, DemoPreprocess, Encoder, demo_model_config,
+from ..embedding.encoders import (DEMO_MODEL_NAME, DemoPreprocess, Encoder, demo_model_config,
                         demo_preprocess_cfg, register_demo_model)
 from .captions import hard_negative_caption, rich_caption
 from .world import ShapesWorld

@@ -257,6 +257,42 @@ def _public_metadata(layout: dict, image_size: int) -> dict:
     }
 
 
+def world_spec(world: "ShapesWorld") -> dict:
+    """The manifest entry that lets a catalog render this world's pictures on demand."""
+    return {"source": "demo_world", "seed": world.seed, "image_size": world.image_size,
+            "objects_per_image": {str(k): v for k, v in world.objects_per_image.items()}}
+
+
+def world_from_spec(spec: dict) -> "ShapesWorld":
+    return ShapesWorld(seed=spec["seed"], image_size=spec["image_size"],
+                       objects_per_image={int(k): v for k, v in spec["objects_per_image"].items()})
+
+
+def world_of(catalog) -> "ShapesWorld | None":
+    """The world a demo catalog was generated from (its ground truth), or None for other catalogs."""
+    source = getattr(catalog, "thumbnails", None)
+    return source.world if isinstance(source, WorldThumbnails) else None
+
+
+class WorldThumbnails:
+    """A catalog's tiles rendered from the demo world (nothing stored: the world is seed-addressable)."""
+
+    pictures = True
+
+    def __init__(self, world: "ShapesWorld"):
+        self.world = world
+
+    def thumbnail(self, i: int) -> bytes:
+        from ..catalog.thumbnails import jpeg
+
+        return jpeg(Image.fromarray(self.world.image(i)), quality=90)
+
+
+def thumbnail_source(spec: dict) -> WorldThumbnails:
+    """The catalog's thumbnail generator hook (``catalog.thumbnails.GENERATORS["demo_world"]``)."""
+    return WorldThumbnails(world_from_spec(spec))
+
+
 def _draw_object(draw: ImageDraw.ImageDraw, o: dict, ss: int) -> None:
     r, cx, cy = o["r"] * ss, o["cx"] * ss, o["cy"] * ss
     fill = o["rgb"]

@@ -37,7 +37,7 @@ data-done="0|1">``, the marks counter ``<span class="cb-marks" data-pos="N" data
 :mod:`clipbranches_widgets.widgets.image_grid`.
 
 The default catalog is ``$CB_CATALOG`` when that environment variable is set, else
-:data:`clipbranches_widgets.build.DEFAULT_CATALOG` (``data/demo`` in a checkout).
+:data:`clipbranches_widgets.catalog.DEFAULT_CATALOG` (``data/demo`` in a checkout).
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def default_catalog_path() -> Path:
     env = os.environ.get("CB_CATALOG", "").strip()
     if env:
         return Path(env).expanduser().resolve()
-    from ..build import DEFAULT_CATALOG
+    from ..catalog import DEFAULT_CATALOG
 
     return Path(DEFAULT_CATALOG)
 
@@ -538,7 +538,7 @@ class SearchApp(widgets.VBox):
         self._syncing = True
         try:
             self.grid.show(ids, None if scores is None else [float(s) for s in np.asarray(scores)],
-                           thumbnail=catalog.thumbnail if catalog.has_thumbnails else None,
+                           thumbnail=catalog.thumbnail,
                            captions=captions, labels=labels, labelled_before=sorted(labels), shown=shown,
                            notes=notes)
         finally:

@@ -7,7 +7,7 @@ compared in the quality report (the paper's Table 1):
 * ``"pca"``: :class:`PCAReducer`, one linear map fitted on image features (numpy only), then L2
   normalisation; text features go through the same map.
 * ``"head"`` / ``"head-koleo"``: :class:`HeadReducer`, the trained projection heads of
-  :mod:`clipbranches_widgets.head` (torch), without or with the KoLeo spread term.
+  :mod:`clipbranches_widgets.embedding.head` (torch), without or with the KoLeo spread term.
 * ``"none"``: :class:`IdentityReducer`, for encoders whose width already is the catalog's.
 
 Each reducer saves to one file in the catalog folder and :func:`load_reducer` reads it back.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_write_bytes
+from .._atomic import atomic_write_bytes
 
 __all__ = ["IdentityReducer", "PCAReducer", "HeadReducer", "load_reducer", "REDUCER_FILES"]
 
@@ -100,7 +100,7 @@ class PCAReducer:
 
 
 class HeadReducer:
-    """Wraps a :class:`~clipbranches_widgets.head.TrainedHead` (imports torch)."""
+    """Wraps a :class:`~clipbranches_widgets.embedding.head.TrainedHead` (imports torch)."""
 
     def __init__(self, head, kind: str = "head-koleo"):
         if kind not in ("head", "head-koleo"):

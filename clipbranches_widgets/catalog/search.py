@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine._validation import check_codes
+from ..engine._validation import check_codes
 from .quantize import GlobalQuantizer
 
 #: "auto" switches to faiss from this many catalog rows

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import staging_dir
+from .._atomic import staging_dir
 from .quantize import GlobalQuantizer, quantizer_from_dict
+from .thumbnails import thumbnail_source
 
 FORMAT = "clipbranches.catalog"
 VERSION = 1
@@ -54,13 +55,14 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
     with a ``"model"`` key the catalog answers text and image queries (see
     :meth:`Catalog.query_encoder`). assets: ``{relative file name: bytes}`` written into the folder
     and checked on open like every other file (e.g. the encoder's weights, the reducer).
-    extra: free JSON; ``extra["demo_world"]`` (ShapesWorld settings) lets the catalog render
-    thumbnails on the fly instead of storing them.
+    extra: free JSON; ``extra["thumbnails"]`` names a generator that renders tiles on demand (the
+    demo world), ``extra["image_root"]`` a folder of the items' ``image_path`` files
+    (:mod:`clipbranches_widgets.catalog.thumbnails`).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .engine._validation import check_codes
+    from ..engine._validation import check_codes
 
     codes = check_codes(codes, name="codes")
     n, dim = codes.shape
@@ -121,16 +123,17 @@ class Catalog:
     quantizer, n_items, dim.
     """
 
-    def __init__(self, path: Path, manifest: dict, codes: np.ndarray, items, thumb_offsets):
+    def __init__(self, path: Path, manifest: dict, codes: np.ndarray, items, thumb_offsets, image_root=None):
         self.path = path
         self.manifest = manifest
         self.codes = codes
         self.items = items
         self.quantizer = quantizer_from_dict(manifest["quantizer"])
         self._thumb_offsets = thumb_offsets
-        self._lock = threading.Lock()  # guards the lazily created encoder, world and index
+        self._image_root = image_root
+        self._lock = threading.Lock()  # guards the lazily created encoder, thumbnail source and index
         self._query_encoder = None
-        self._world = None
+        self._thumbnails = None
         self._index = None
 
     @property
@@ -156,44 +159,25 @@ class Catalog:
         return int(item_id)
 
     @property
-    def has_thumbnails(self) -> bool:
-        """True when every item has a thumbnail (stored, or rendered from the demo world)."""
-        return self._thumb_offsets is not None or self.demo_world is not None
+    def thumbnails(self):
+        """Where this catalog's tiles come from (:mod:`clipbranches_widgets.catalog.thumbnails`)."""
+        with self._lock:
+            if self._thumbnails is None:
+                self._thumbnails = thumbnail_source(self.path, self.manifest, self.items, self._thumb_offsets,
+                                                    self._image_root)
+            return self._thumbnails
 
     @property
-    def demo_world(self):
-        """The :class:`~clipbranches_widgets.demo.ShapesWorld` this catalog was generated from, or None."""
-        spec = (self.manifest.get("extra") or {}).get("demo_world")
-        if spec is None:
-            return None
-        with self._lock:
-            if self._world is None:
-                from .demo import ShapesWorld
-
-                self._world = ShapesWorld(
-                    seed=spec["seed"], image_size=spec["image_size"],
-                    objects_per_image={int(k): v for k, v in spec["objects_per_image"].items()})
-            return self._world
+    def has_thumbnails(self) -> bool:
+        """True when items have pictures (stored, the user's files, or generated), not only text tiles."""
+        return self.thumbnails.pictures
 
     def thumbnail(self, item_id) -> bytes:
-        """JPEG bytes of one item: stored in ``thumbs.bin``, or rendered from the demo world."""
-        i = self.check_id(item_id)
-        if self._thumb_offsets is not None:
-            start, stop = int(self._thumb_offsets[i]), int(self._thumb_offsets[i + 1])
-            with open(self.path / "thumbs.bin", "rb") as f:
-                f.seek(start)
-                return f.read(stop - start)
-        world = self.demo_world
-        if world is None:
-            raise ValueError(f"catalog {self.path} stores no thumbnails")
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(world.image(i)).save(buf, format="JPEG", quality=90)
-        return buf.getvalue()
+        """JPEG bytes of one item's tile: its picture, or a text tile (caption, url) when there is none."""
+        return self.thumbnails.thumbnail(self.check_id(item_id))
 
     def image(self, item_id):
-        """One item's picture as a PIL image (the thumbnail, or the demo world's full image)."""
+        """One item's tile as a PIL image (see :meth:`thumbnail`)."""
         from PIL import Image
 
         return Image.open(io.BytesIO(self.thumbnail(item_id))).convert("RGB")
@@ -201,14 +185,14 @@ class Catalog:
     # -- queries -------------------------------------------------------------------------------
 
     def query_encoder(self):
-        """The :class:`~clipbranches_widgets.query.QueryEncoder` for text and image queries.
+        """The :class:`~clipbranches_widgets.embedding.query.QueryEncoder` for text and image queries.
 
         Created once (it loads torch and the CLIP weights). Raises ValueError when the catalog
         records no encoder that can be loaded here.
         """
         with self._lock:
             if self._query_encoder is None:
-                from .query import QueryEncoder
+                from ..embedding.query import QueryEncoder
 
                 self._query_encoder = QueryEncoder.for_catalog(self)
             return self._query_encoder
@@ -239,7 +223,7 @@ class Catalog:
         return ids[0], scores[0]
 
     def nearest(self):
-        """The catalog's :class:`~clipbranches_widgets.search.NearestNeighbours` (created once)."""
+        """The catalog's :class:`~clipbranches_widgets.catalog.search.NearestNeighbours` (created once)."""
         if getattr(self, "_nn", None) is None:
             from .search import NearestNeighbours
 
@@ -256,8 +240,8 @@ class Catalog:
     def box_index(self, subsets=None):
         """The engine's BoxIndex for these codes, built once and kept under ``index/`` (keyed by the
         codes' hash, so a rebuilt catalog never reuses a stale index)."""
-        from .engine import BoxIndex
-        from .engine.subsets import default_subsets
+        from ..engine import BoxIndex
+        from ..engine.subsets import default_subsets
 
         subsets = default_subsets(self.dim) if subsets is None else subsets
         with self._lock:
@@ -278,11 +262,12 @@ def check_k(k) -> int:
     return int(k)
 
 
-def open_catalog(path, *, verify: str = "auto") -> Catalog:
+def open_catalog(path, *, verify: str = "auto", image_root=None) -> Catalog:
     """Open and validate a catalog folder.
 
     verify: "auto" (hash files up to 256 MiB, size-check larger ones), "hash" (hash everything) or
-    "size". Raises ValueError naming the bad file.
+    "size". image_root: a folder holding the items' ``image_path`` files, for tiles (overrides the
+    manifest's ``extra["image_root"]``). Raises ValueError naming the bad file.
     """
     import pyarrow.parquet as pq
 
@@ -340,4 +325,4 @@ def open_catalog(path, *, verify: str = "auto") -> Catalog:
         if offsets.shape != (n + 1,) or offsets[0] != 0 or (np.diff(offsets) < 0).any() \
                 or offsets[-1] != files["thumbs.bin"]["bytes"]:
             raise ValueError(f"catalog file {folder / 'thumbs.idx.npy'} does not match thumbs.bin")
-    return Catalog(folder, manifest, np.asarray(codes), items, offsets)
+    return Catalog(folder, manifest, np.asarray(codes), items, offsets, image_root=image_root)

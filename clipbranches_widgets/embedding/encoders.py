@@ -6,7 +6,7 @@ works on the numpy arrays it returns and stays torch-free. Nothing imports this 
 
 Typical use (with internet access once, to download the weights into the Hugging Face cache)::
 
-    from clipbranches_widgets.encoders import load_encoder
+    from clipbranches_widgets.embedding.encoders import load_encoder
     enc = load_encoder("ViT-B-32", "laion2b_s34b_b79k")
     img = enc.encode_images(list_of_pil_images)      # (n, 512) float32, unit rows
     txt = enc.encode_texts(["a red star"])           # (1, 512) float32, unit rows
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipbranches_widgets import _torchvision_fix  # noqa: F401  (must precede open_clip)
+from clipbranches_widgets.embedding import _torchvision_fix  # noqa: F401  (must precede open_clip)
 from clipbranches_widgets._atomic import atomic_open
 
 import open_clip  # noqa: E402

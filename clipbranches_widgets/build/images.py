@@ -21,18 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import write_catalog
-from .quantize import GlobalQuantizer, PerDimQuantizer
-from .reducers import REDUCER_FILES, IdentityReducer, PCAReducer
+from ..catalog import DEFAULT_CATALOG, DEFAULT_MODEL, write_catalog
+from ..catalog.quantize import GlobalQuantizer, PerDimQuantizer
+from ..embedding.reducers import REDUCER_FILES, IdentityReducer, PCAReducer
 
 __all__ = ["embed_world", "embed_images", "caption_pairs", "fit_reducer", "fit_quantizer",
-           "write_encoded_catalog", "build_demo_catalog", "build_folder_catalog",
-           "DEFAULT_CATALOG", "DEFAULT_MODEL"]
+           "write_encoded_catalog", "build_demo_catalog", "build_folder_catalog"]
 
 #: where the default catalog and the demo CLIP live in a checkout
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-DEFAULT_CATALOG = DATA_DIR / "demo"
-DEFAULT_MODEL = DATA_DIR / "models" / "cb-shapes-rn16"
 
 
 def _tqdm():
@@ -76,7 +72,7 @@ def embed_images(encoder, paths, *, batch_size: int = 64, progress: bool = True)
 def caption_pairs(encoder, world, n: int, *, start: int = 0, random_state: int = 0,
                   n_jobs: int = 2, progress: bool = True):
     """(image features, text features) of ``n`` world images with one fresh rich caption each."""
-    from .demo import rich_caption
+    from ..demo import rich_caption
 
     rng = np.random.default_rng(random_state)
     image_features = embed_world(encoder, world, n, start=start, n_jobs=n_jobs, progress=progress)
@@ -100,8 +96,8 @@ def fit_reducer(kind: str, image_features, text_features=None, *, out_dim: int =
         if text_features is None:
             raise ValueError(f"reducer {kind!r} trains on (image, caption) pairs: pass text_features "
                              "(a catalog without captions can use reducer='pca')")
-        from .head import train_head
-        from .reducers import HeadReducer
+        from ..embedding.head import train_head
+        from ..embedding.reducers import HeadReducer
 
         head = train_head(image_features, text_features, out_dim=out_dim, epochs=epochs,
                           koleo_weight=koleo_weight if kind == "head-koleo" else 0.0,
@@ -164,7 +160,7 @@ def build_demo_catalog(path=DEFAULT_CATALOG, *, n_items: int = 50_000, seed: int
     ``save_model`` if given). The reducer is fitted on ``n_head_pairs`` (image, caption) pairs of
     the training world, never on the catalog's own images.
     """
-    from .demo import ShapesWorld
+    from ..demo import ShapesWorld
 
     timings = {}
     t0 = time.perf_counter()
@@ -172,7 +168,7 @@ def build_demo_catalog(path=DEFAULT_CATALOG, *, n_items: int = 50_000, seed: int
     train_world = ShapesWorld(seed=train_seed, objects_per_image=objects_per_image)
     history = None
     if encoder is None:
-        from .demo.train_clip import train_demo_clip
+        from ..demo.train_clip import train_demo_clip
 
         encoder, history = train_demo_clip(train_world, n_images=n_train_images, steps=train_steps,
                                            random_state=random_state, n_jobs=n_jobs, progress=progress)
@@ -180,7 +176,7 @@ def build_demo_catalog(path=DEFAULT_CATALOG, *, n_items: int = 50_000, seed: int
             encoder.save_local_dir(save_model)
         timings["train_clip_s"] = time.perf_counter() - t0
     elif isinstance(encoder, (str, Path)):
-        from .encoders import DEMO_MODEL_NAME, load_encoder
+        from ..embedding.encoders import DEMO_MODEL_NAME, load_encoder
 
         encoder = load_encoder("local-dir:" + str(encoder), device="cpu")
         encoder.name = DEMO_MODEL_NAME  # the demo CLIP, whichever folder it was read from
@@ -227,7 +223,7 @@ def build_folder_catalog(folder, path, *, model: str = "ViT-B-32", pretrained: s
     """
     import pyarrow as pa
 
-    from .encoders import load_encoder
+    from ..embedding.encoders import load_encoder
     from .ingest import scan_folder
 
     found = scan_folder(folder, captions_csv=captions_csv, thumb_side=thumb_side, progress=progress)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._atomic import atomic_open
+from .._atomic import atomic_open
 
 __all__ = [
     "ProjectionHead",
