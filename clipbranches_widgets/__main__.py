@@ -39,9 +39,10 @@ def _search(args) -> int:
         ids, scores = cat.search_image(args.item, k=args.k)
     else:
         ids, scores = cat.search_text(args.text, k=args.k)
-    captions = cat.items.column("caption").to_pylist()
-    for i, s in zip(ids.tolist(), scores.tolist()):
-        print(f"{i:>8}  {s:+.3f}  {captions[i]}")
+    page = cat.items_of(ids)
+    captions = page.column("caption").to_pylist() if "caption" in page.column_names else [""] * len(ids)
+    for i, s, caption in zip(ids.tolist(), scores.tolist(), captions):
+        print(f"{i:>8}  {s:+.3f}  {caption}")
     return 0
 
 

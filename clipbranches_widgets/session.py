@@ -43,9 +43,9 @@ import numpy as np
 
 from ._atomic import atomic_write_text
 from .catalog import check_k
-from .engine import BranchEnsemble, DecisionBranches, make_training_set
+from .engine import BranchEnsemble, DecisionBranches, draw_training_rows
 from .engine._validation import check_random_state
-from .engine.baselines import make_baseline, scan_sklearn
+from .engine.baselines import make_baseline
 from .engine.linear import LinearCodes
 from .engine.selection import FEW_POSITIVES, held_out_membership
 from .exploration import Page, design_weights, estimate_quality, inclusion_probabilities, neighbourhood_size, \
@@ -213,7 +213,7 @@ class SearchSession:
         if _is_int(image_or_item_id):
             item = self.catalog.check_id(image_or_item_id)
             # the item's stored code, as the catalog's own "search by image" uses
-            vector = self.catalog.quantizer.dequantize(self.catalog.codes[item:item + 1])
+            vector = self.catalog.quantizer.dequantize(self.catalog.rows([item]))
             query = {"type": "image", "item_id": item}
         elif hasattr(image_or_item_id, "convert") and hasattr(image_or_item_id, "size"):  # a PIL image
             vector = self.catalog.query_encoder().encode_images([image_or_item_id])
@@ -225,7 +225,7 @@ class SearchSession:
     def _show(self, query: dict, vector, k: int, encode_s: float) -> QueryResult:
         vector = np.asarray(vector, np.float32).reshape(1, -1)
         t0 = time.perf_counter()
-        ids, scores = self.catalog.nearest().search(vector, k=k)
+        ids, scores = self.catalog.search_vectors(vector, k=k)
         result = QueryResult(ids[0].astype(np.int64), scores[0].astype(np.float64), dict(query),
                              {"encode": encode_s, "nn": time.perf_counter() - t0})
         with self._lock:
@@ -347,9 +347,10 @@ class SearchSession:
             neighbours, n_top = self._neighbourhood(min(int(exclude_top), n), timings)
 
             t0 = time.perf_counter()
-            train = make_training_set(self.catalog.codes, pos, neg, n_random_negatives=int(n_random_negatives),
-                                      negative_weight=float(negative_weight), exclude_ids=neighbours,
-                                      random_state=rng)
+            drawn = draw_training_rows(n, pos, neg, n_random_negatives=int(n_random_negatives),
+                                       negative_weight=float(negative_weight), exclude_ids=neighbours,
+                                       random_state=rng)
+            train = drawn.with_rows(self.catalog.rows(drawn.ids))
             timings["sampling"] = time.perf_counter() - t0
 
             model_seed = int(rng.integers(2**31 - 1))  # sklearn takes seeds below 2**32
@@ -392,12 +393,7 @@ class SearchSession:
         t1 = time.perf_counter()
         fitted = self._make_model(family, seed).fit(train.X, train.y, sample_weight=train.sample_weight)
         t2 = time.perf_counter()
-        if family in ("branches", "ensemble"):
-            found = self.catalog.box_index().search(fitted)
-        elif family == "linear":
-            found = fitted.search(self.catalog.codes)
-        else:
-            found = scan_sklearn(fitted, self.catalog.codes)
+        found = self.catalog.apply(fitted)
         t3 = time.perf_counter()
         timings["cv"] += t1 - t0
         timings["train"] += t2 - t1
@@ -474,7 +470,7 @@ class SearchSession:
         size = neighbourhood_size(self.catalog.n_items, answer_size)
         cached = self._neighbourhood_cache
         if cached is None or cached[0] is not self._query_vector or cached[1].shape[0] < size:
-            ids = self.catalog.nearest().search(self._query_vector, k=size)[0][0].astype(np.int64)
+            ids = self.catalog.search_vectors(self._query_vector, k=size)[0][0].astype(np.int64)
             self._neighbourhood_cache = cached = (self._query_vector, ids)
         return cached[1][:size]
 
@@ -499,7 +495,7 @@ class SearchSession:
         if self._query_vector is None or k == 0:
             ids = np.zeros(0, np.int64)
         else:
-            ids = self.catalog.nearest().search(self._query_vector, k=k)[0][0].astype(np.int64)
+            ids = self.catalog.search_vectors(self._query_vector, k=k)[0][0].astype(np.int64)
         timings["nn"] = time.perf_counter() - t0
         return ids, int(ids.shape[0])
 
@@ -532,7 +528,7 @@ class SearchSession:
     # -- save / load / export ------------------------------------------------------------------
 
     def _codes_hash(self) -> str:
-        return self.catalog.manifest["files"]["codes.npy"]["sha256"]
+        return self.catalog.fingerprint
 
     def save(self, path) -> None:
         """Write :meth:`to_json` to ``path``, atomically."""
@@ -621,10 +617,10 @@ class SearchSession:
         result = self.last_result
         if result is None:
             raise ValueError("nothing to export: run a search or refine first")
-        items = self.catalog.items
         ids = np.asarray(result.ids, np.int64)
-        captions = items.column("caption").take(ids).to_pylist() if "caption" in items.column_names else [""] * len(ids)
-        sources = items.column("source").take(ids).to_pylist() if "source" in items.column_names else [""] * len(ids)
+        items = self.catalog.items_of(ids)
+        captions = items.column("caption").to_pylist() if "caption" in items.column_names else [""] * len(ids)
+        sources = items.column("source").to_pylist() if "source" in items.column_names else [""] * len(ids)
         rows = [{"id": int(i), "source": "" if src is None else str(src), "caption": "" if cap is None else str(cap),
                  "score": float(s)} for i, src, cap, s in zip(ids, sources, captions, result.scores)]
         if format == "json":

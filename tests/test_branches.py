@@ -297,6 +297,12 @@ def test_index_search_applies_post_trees(task):
     expected = np.flatnonzero(m.predict(codes))
     for method in ("index", "scan"):
         assert sorted(index.search(m, method=method).ids.tolist()) == expected.tolist()
+    # the plain scan and the one apply entry point answer the same (the scan used to skip the trees)
+    from clipbranches_widgets.engine import apply_model
+    from clipbranches_widgets.engine.scan import scan_box_set
+    by_index = index.search(m)
+    for found in (scan_box_set(codes, m), apply_model(codes, m), apply_model(codes, m, index=index)):
+        assert found.ids.tolist() == by_index.ids.tolist() and np.allclose(found.scores, by_index.scores)
 
 
 @pytest.mark.parametrize("n, dup", [(300, False), (3000, True), (70000, False)])

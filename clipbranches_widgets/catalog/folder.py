@@ -237,6 +237,33 @@ class Catalog:
         ids, scores = self.nearest().search(query, k=k, exclude=None if include_self else [i])
         return ids[0], scores[0]
 
+    # -- the query API every catalog kind offers (one folder, shards, Dask) -----------------------
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash that changes whenever the codes do (sessions check it before reusing marks)."""
+        return self.manifest["files"]["codes.npy"]["sha256"]
+
+    def rows(self, ids) -> np.ndarray:
+        """The uint8 codes of catalog ids ``ids`` (in that order), shape (len(ids), dim)."""
+        return np.ascontiguousarray(self.codes[_check_ids(ids, self.n_items)])
+
+    def items_of(self, ids):
+        """The items table's rows for ``ids`` (in that order), a pyarrow Table."""
+        return self.items.take(_check_ids(ids, self.n_items))
+
+    def search_vectors(self, queries, k: int = 60, *, exclude=None):
+        """(ids, scores), each (n_queries, k'): the k items nearest to each float query, best first."""
+        return self.nearest().search(queries, k=k, exclude=exclude)
+
+    def apply(self, model):
+        """Every item the fitted model calls positive, ranked (an engine ``SearchResult``); box
+        models go through :meth:`box_index` (which plans index vs scan)."""
+        from ..engine import apply_model
+        from ..engine.apply import is_box_model
+
+        return apply_model(self.codes, model, index=self.box_index() if is_box_model(model) else None)
+
     def box_index(self, subsets=None):
         """The engine's BoxIndex for these codes, built once and kept under ``index/`` (keyed by the
         codes' hash, so a rebuilt catalog never reuses a stale index)."""
@@ -249,6 +276,20 @@ class Catalog:
                 self._index = BoxIndex.build(self.codes, subsets, path=self.path / "index",
                                              codes_hash=self.manifest["files"]["codes.npy"]["sha256"])
             return self._index
+
+
+def _check_ids(ids, n_items: int) -> np.ndarray:
+    """``ids`` as an int64 array of valid row ids (any order, repeats allowed), or a ValueError."""
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise ValueError(f"ids must be a 1-D sequence of integer item ids; got {arr.dtype} {arr.shape}")
+    arr = arr.astype(np.int64)
+    bad = arr[(arr < 0) | (arr >= n_items)]
+    if bad.size:
+        raise ValueError(f"unknown item id {int(bad[0])}: this catalog has ids 0..{n_items - 1}")
+    return arr
 
 
 def _same_subsets(a, b) -> bool:

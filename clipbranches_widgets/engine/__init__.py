@@ -11,8 +11,9 @@ from .linear import LinearCodes
 from .selection import BestFamily
 from .result import SearchResult
 from .subsets import default_subsets, feature_subsets
-from .training_set import TrainingSet, make_training_set
+from .apply import apply_model, merge_results
+from .training_set import TrainingSet, draw_training_rows, make_training_set
 
 __all__ = ["BestFamily", "Box", "BoxIndex", "BoxSet", "BranchEnsemble", "DecisionBranches", "LinearCodes", "SearchResult",
-           "TrainingSet", "apply_boxes_numpy",
-           "default_subsets", "feature_subsets", "make_training_set"]
+           "TrainingSet", "apply_boxes_numpy", "apply_model", "merge_results",
+           "default_subsets", "draw_training_rows", "feature_subsets", "make_training_set"]

@@ -349,20 +349,27 @@ def _scan_votes_by(codes: np.ndarray, box_set: BoxSet, strategy: str) -> tuple[n
     return ids, votes
 
 
-def scan_box_set(codes, box_set) -> SearchResult:
+def scan_box_set(codes, model) -> SearchResult:
     """Apply a model (or BoxSet) to ``codes`` by a fused parallel scan; ranked like ``apply_boxes_numpy``.
+
+    A DecisionBranches with post trees is answered like :meth:`BoxIndex.search` and ``predict``:
+    the boxes' hits are filtered by the trees.
 
     ``stats``: method ``"scan"``, ``n_boxes``, ``n_estimators``, ``count`` and timings
     ``query_s`` (the scan), ``score_s`` (scores + ranking), ``total_s``.
     """
     t0 = time.perf_counter()
-    box_set = BoxSet.from_model(box_set)
+    box_set = BoxSet.from_model(model)
     codes = check_codes(codes, name="codes")
     check_box_set_dims(box_set, codes.shape[1])
     if box_set.n_estimators > np.iinfo(np.uint16).max:
         raise ValueError(f"at most 65535 estimators are supported; got {box_set.n_estimators}")
     t1 = time.perf_counter()
     ids, votes = scan_votes(codes, box_set)
+    refine = getattr(model, "refine_hits", None)  # per-box post trees of a DecisionBranches, as BoxIndex.search
+    if refine is not None:
+        keep = refine(codes, ids)
+        ids, votes = ids[keep], votes[keep]
     t2 = time.perf_counter()
     ids, scores = rank(ids, score_hits(codes, ids, votes, box_set))
     t3 = time.perf_counter()

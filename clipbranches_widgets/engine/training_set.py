@@ -9,7 +9,7 @@ repeated; the result says how many random negatives were used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from ._validation import check_codes, check_random_state
 
 @dataclass
 class TrainingSet:
-    """X (n, d) uint8, y (n,) int8, sample_weight (n,) float64, ids (n,) catalog ids of the rows,
+    """X (n, d) uint8 (None until the rows are fetched), y (n,) int8, sample_weight (n,) float64, ids (n,) catalog ids of the rows,
     source (n,) str array: "positive", "negative" (user-marked) or "random" (sampled), and
     n_random (how many random negatives were drawn)."""
 
@@ -28,6 +28,13 @@ class TrainingSet:
     ids: np.ndarray
     source: np.ndarray
     n_random: int
+
+    def with_rows(self, X) -> "TrainingSet":
+        """This training set with ``X``: the codes of ``ids``, in order."""
+        X = check_codes(X, name="X")
+        if X.shape[0] != self.ids.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows for {self.ids.shape[0]} training ids")
+        return replace(self, X=np.ascontiguousarray(X))
 
 
 def check_ids(ids, n_items: int, name: str = "ids") -> np.ndarray:
@@ -53,7 +60,19 @@ def check_ids(ids, n_items: int, name: str = "ids") -> np.ndarray:
 
 def make_training_set(codes, positive_ids, negative_ids=(), *, n_random_negatives: int = 500,
                       negative_weight: float = 1.0, exclude_ids=(), random_state=None) -> TrainingSet:
-    """Training rows for a branch model from marked catalog ids.
+    """Training rows for a branch model from marked catalog ids: :func:`draw_training_rows` over
+    ``codes.shape[0]`` rows, then the rows' codes.
+    """
+    codes = check_codes(codes, name="codes")
+    drawn = draw_training_rows(codes.shape[0], positive_ids, negative_ids, n_random_negatives=n_random_negatives,
+                               negative_weight=negative_weight, exclude_ids=exclude_ids, random_state=random_state)
+    return drawn.with_rows(codes[drawn.ids])
+
+
+def draw_training_rows(n_items: int, positive_ids, negative_ids=(), *, n_random_negatives: int = 500,
+                       negative_weight: float = 1.0, exclude_ids=(), random_state=None) -> TrainingSet:
+    """Which catalog rows to train on, their labels and weights (``X`` is None: fetch the rows'
+    codes and call :meth:`TrainingSet.with_rows`, as a sharded or distributed catalog does).
 
     positive_ids / negative_ids: the user's marks (must not overlap). n_random_negatives: unlabelled
     catalog rows drawn uniformly without replacement and labelled 0 (fewer if the catalog has fewer
@@ -61,8 +80,7 @@ def make_training_set(codes, positive_ids, negative_ids=(), *, n_random_negative
     weight of each USER negative relative to a random one. exclude_ids: never drawn as random
     negatives (e.g. the query's top neighbourhood).
     """
-    codes = check_codes(codes, name="codes")
-    n = codes.shape[0]
+    n = int(n_items)
     pos = check_ids(positive_ids, n, "positive_ids")
     neg = check_ids(negative_ids, n, "negative_ids")
     excl = check_ids(exclude_ids, n, "exclude_ids")
@@ -101,4 +119,4 @@ def make_training_set(codes, positive_ids, negative_ids=(), *, n_random_negative
     y = np.r_[np.ones(pos.size, np.int8), np.zeros(neg.size + rand.size, np.int8)]
     w = np.r_[np.ones(pos.size), np.full(neg.size, float(negative_weight)), np.ones(rand.size)]
     source = np.array(["positive"] * pos.size + ["negative"] * neg.size + ["random"] * rand.size)
-    return TrainingSet(np.ascontiguousarray(codes[ids]), y, w, ids, source, int(rand.size))
+    return TrainingSet(None, y, w, ids, source, int(rand.size))

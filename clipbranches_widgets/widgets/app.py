@@ -454,7 +454,6 @@ class SearchApp(widgets.VBox):
             try:
                 from ..session import SearchSession
 
-                catalog.box_index()
                 warm = SearchSession(catalog, random_state=0)
                 shown = warm.image_search(0, k=min(self.k, catalog.n_items)).ids.tolist()
                 third = max(2, len(shown) // 3)
@@ -531,9 +530,9 @@ class SearchApp(widgets.VBox):
         catalog = session.catalog
         ids = [int(i) for i in np.asarray(ids)]
         captions = None
-        if "caption" in catalog.items.column_names and ids:
-            captions = ["" if c is None else str(c)
-                        for c in catalog.items.column("caption").take(np.asarray(ids, np.int64)).to_pylist()]
+        page = catalog.items_of(ids)
+        if "caption" in page.column_names and ids:
+            captions = ["" if c is None else str(c) for c in page.column("caption").to_pylist()]
         labels = session.labels
         self._syncing = True
         try:
