@@ -18,16 +18,15 @@ the file that is missing, truncated, corrupt or inconsistent.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from .._atomic import staging_dir
+from .base import CatalogBase, check_ids, check_k
 from .quantize import GlobalQuantizer, quantizer_from_dict
 from .thumbnails import thumbnail_source
 
@@ -116,7 +115,7 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
     return open_catalog(final)
 
 
-class Catalog:
+class Catalog(CatalogBase):
     """An opened catalog folder (see :func:`open_catalog`).
 
     Attributes: path, manifest, codes (memory-mapped uint8 (N, d)), items (pyarrow Table),
@@ -124,6 +123,7 @@ class Catalog:
     """
 
     def __init__(self, path: Path, manifest: dict, codes: np.ndarray, items, thumb_offsets, image_root=None):
+        super().__init__()
         self.path = path
         self.manifest = manifest
         self.codes = codes
@@ -131,8 +131,6 @@ class Catalog:
         self.quantizer = quantizer_from_dict(manifest["quantizer"])
         self._thumb_offsets = thumb_offsets
         self._image_root = image_root
-        self._lock = threading.Lock()  # guards the lazily created encoder, thumbnail source and index
-        self._query_encoder = None
         self._thumbnails = None
         self._index = None
 
@@ -144,20 +142,6 @@ class Catalog:
     def dim(self) -> int:
         return int(self.codes.shape[1])
 
-    def __len__(self) -> int:
-        return self.n_items
-
-    def __repr__(self) -> str:
-        return f"Catalog({str(self.path)!r}, {self.n_items:,} items x {self.dim} dims)"
-
-    def check_id(self, item_id) -> int:
-        """``item_id`` as an int, or a ValueError naming the valid range (bools are not ids)."""
-        if isinstance(item_id, (bool, np.bool_)) or not isinstance(item_id, (int, np.integer)):
-            raise ValueError(f"item ids are integers; got {item_id!r}")
-        if not 0 <= int(item_id) < self.n_items:
-            raise ValueError(f"unknown item id {item_id}: this catalog has ids 0..{self.n_items - 1}")
-        return int(item_id)
-
     @property
     def thumbnails(self):
         """Where this catalog's tiles come from (:mod:`clipbranches_widgets.catalog.thumbnails`)."""
@@ -167,61 +151,6 @@ class Catalog:
                                                     self._image_root)
             return self._thumbnails
 
-    @property
-    def has_thumbnails(self) -> bool:
-        """True when items have pictures (stored, the user's files, or generated), not only text tiles."""
-        return self.thumbnails.pictures
-
-    def thumbnail(self, item_id) -> bytes:
-        """JPEG bytes of one item's tile: its picture, or a text tile (caption, url) when there is none."""
-        return self.thumbnails.thumbnail(self.check_id(item_id))
-
-    def image(self, item_id):
-        """One item's tile as a PIL image (see :meth:`thumbnail`)."""
-        from PIL import Image
-
-        return Image.open(io.BytesIO(self.thumbnail(item_id))).convert("RGB")
-
-    # -- queries -------------------------------------------------------------------------------
-
-    def query_encoder(self):
-        """The :class:`~clipbranches_widgets.embedding.query.QueryEncoder` for text and image queries.
-
-        Created once (it loads torch and the CLIP weights). Raises ValueError when the catalog
-        records no encoder that can be loaded here.
-        """
-        with self._lock:
-            if self._query_encoder is None:
-                from ..embedding.query import QueryEncoder
-
-                self._query_encoder = QueryEncoder.for_catalog(self)
-            return self._query_encoder
-
-    def search_text(self, text, k: int = 60):
-        """Nearest items to a text query: ``(ids, scores)``, best first (cosine similarity).
-
-        Raises ValueError for an empty or non-string query, or a catalog without a text encoder.
-        """
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"the text query must be a non-empty string; got {text!r}")
-        query = self.query_encoder().encode_texts([text.strip()])
-        ids, scores = self.nearest().search(query, k=check_k(k))
-        return ids[0], scores[0]
-
-    def search_image(self, image, k: int = 60):
-        """Nearest items to an image: a catalog item id (its stored code; the item itself comes
-        first) or a PIL image (encoded like the catalog's images). ``(ids, scores)``, best first."""
-        k = check_k(k)
-        if isinstance(image, (int, np.integer)) and not isinstance(image, (bool, np.bool_)):
-            i = self.check_id(image)
-            query = self.quantizer.dequantize(self.codes[i:i + 1])
-        elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-            query = self.query_encoder().encode_images([image])
-        else:
-            raise ValueError(f"search_image takes a catalog item id or a PIL image; got {type(image).__name__}")
-        ids, scores = self.nearest().search(query, k=k)
-        return ids[0], scores[0]
-
     def nearest(self):
         """The catalog's :class:`~clipbranches_widgets.catalog.search.NearestNeighbours` (created once)."""
         if getattr(self, "_nn", None) is None:
@@ -230,14 +159,7 @@ class Catalog:
             self._nn = NearestNeighbours(self.codes, self.quantizer)
         return self._nn
 
-    def search_similar(self, item_id, k: int = 60, *, include_self: bool = False):
-        """"More like this": (ids, scores) of the k items nearest to item ``item_id``'s code."""
-        i = self.check_id(item_id)
-        query = self.quantizer.dequantize(self.codes[i:i + 1])
-        ids, scores = self.nearest().search(query, k=k, exclude=None if include_self else [i])
-        return ids[0], scores[0]
-
-    # -- the query API every catalog kind offers (one folder, shards, Dask) -----------------------
+    # -- the query API (catalog.base) ---------------------------------------------------------
 
     @property
     def fingerprint(self) -> str:
@@ -245,15 +167,12 @@ class Catalog:
         return self.manifest["files"]["codes.npy"]["sha256"]
 
     def rows(self, ids) -> np.ndarray:
-        """The uint8 codes of catalog ids ``ids`` (in that order), shape (len(ids), dim)."""
-        return np.ascontiguousarray(self.codes[_check_ids(ids, self.n_items)])
+        return np.ascontiguousarray(self.codes[check_ids(ids, self.n_items)])
 
     def items_of(self, ids):
-        """The items table's rows for ``ids`` (in that order), a pyarrow Table."""
-        return self.items.take(_check_ids(ids, self.n_items))
+        return self.items.take(check_ids(ids, self.n_items))
 
     def search_vectors(self, queries, k: int = 60, *, exclude=None):
-        """(ids, scores), each (n_queries, k'): the k items nearest to each float query, best first."""
         return self.nearest().search(queries, k=k, exclude=exclude)
 
     def apply(self, model):
@@ -278,29 +197,8 @@ class Catalog:
             return self._index
 
 
-def _check_ids(ids, n_items: int) -> np.ndarray:
-    """``ids`` as an int64 array of valid row ids (any order, repeats allowed), or a ValueError."""
-    arr = np.asarray(ids)
-    if arr.size == 0:
-        return np.zeros(0, np.int64)
-    if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise ValueError(f"ids must be a 1-D sequence of integer item ids; got {arr.dtype} {arr.shape}")
-    arr = arr.astype(np.int64)
-    bad = arr[(arr < 0) | (arr >= n_items)]
-    if bad.size:
-        raise ValueError(f"unknown item id {int(bad[0])}: this catalog has ids 0..{n_items - 1}")
-    return arr
-
-
 def _same_subsets(a, b) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
-
-
-def check_k(k) -> int:
-    """``k`` (how many results) as an int >= 1, or a ValueError."""
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1; got {k!r}")
-    return int(k)
 
 
 def open_catalog(path, *, verify: str = "auto", image_root=None) -> Catalog:
