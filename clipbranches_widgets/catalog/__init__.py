@@ -7,6 +7,9 @@ only when a text or picture query first needs it.
 """
 
 from .default import DEFAULT_CATALOG, DEFAULT_MODEL
+from .base import CatalogBase
 from .folder import Catalog, check_k, open_catalog, write_catalog
+from .sharded import ShardedCatalog, ShardedCatalogWriter
 
-__all__ = ["Catalog", "open_catalog", "write_catalog", "check_k", "DEFAULT_CATALOG", "DEFAULT_MODEL"]
+__all__ = ["Catalog", "CatalogBase", "ShardedCatalog", "ShardedCatalogWriter", "open_catalog", "write_catalog",
+           "check_k", "DEFAULT_CATALOG", "DEFAULT_MODEL"]

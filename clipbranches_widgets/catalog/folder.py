@@ -28,6 +28,7 @@ import numpy as np
 from .._atomic import staging_dir
 from .base import CatalogBase, check_ids, check_k
 from .quantize import GlobalQuantizer, quantizer_from_dict
+from .sharded import is_sharded, open_sharded
 from .thumbnails import thumbnail_source
 
 FORMAT = "clipbranches.catalog"
@@ -201,8 +202,9 @@ def _same_subsets(a, b) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def open_catalog(path, *, verify: str = "auto", image_root=None) -> Catalog:
-    """Open and validate a catalog folder.
+def open_catalog(path, *, verify: str = "auto", image_root=None) -> CatalogBase:
+    """Open and validate a catalog folder: one folder (:class:`Catalog`) or a sharded catalog
+    (:class:`~.sharded.ShardedCatalog`, whose shards are opened and checked when first used).
 
     verify: "auto" (hash files up to 256 MiB, size-check larger ones), "hash" (hash everything) or
     "size". image_root: a folder holding the items' ``image_path`` files, for tiles (overrides the
@@ -222,6 +224,8 @@ def open_catalog(path, *, verify: str = "auto", image_root=None) -> Catalog:
         raise ValueError(f"{folder} is not a catalog: {mpath} is missing") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"catalog file {mpath} is corrupt: {exc}") from None
+    if is_sharded(manifest):
+        return open_sharded(folder, manifest, verify=verify, image_root=image_root)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{mpath} does not describe a clipbranches catalog")
     if manifest.get("version") != VERSION:
