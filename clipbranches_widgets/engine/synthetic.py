@@ -10,23 +10,34 @@ from __future__ import annotations
 import numpy as np
 
 
-def clustered_catalog(n_rows: int, *, n_clusters: int = 200, dim: int = 32, noise: float = 0.1, seed: int = 0,
-                      chunk: int = 1_000_000):
-    """Return (codes uint8 (n, dim), labels int32 (n,)). Generated chunk by chunk in float32."""
+def clustered_blocks(n_rows: int, *, n_clusters: int = 200, dim: int = 32, noise: float = 0.1, seed: int = 0,
+                     chunk: int = 1_000_000):
+    """Yield (codes uint8 (m, dim), labels int32 (m,)) blocks of at most ``chunk`` rows, ``n_rows``
+    in all: unit vectors around ``n_clusters`` centres (Zipf-like sizes), quantized like a catalog.
+    Memory is bounded by one block, so 100M-row catalogs can be generated."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     p = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
     p /= p.sum()
-    codes = np.empty((n_rows, dim), np.uint8)
-    labels = np.empty(n_rows, np.int32)
     for start in range(0, n_rows, chunk):
         m = min(chunk, n_rows - start)
         lab = rng.choice(n_clusters, size=m, p=p).astype(np.int32)
         z = centres[lab] + noise * rng.standard_normal((m, dim), dtype=np.float32)
         z /= np.linalg.norm(z, axis=1, keepdims=True)
-        codes[start:start + m] = np.clip(np.floor(127.5 * z + 128.0), 0, 255).astype(np.uint8)
-        labels[start:start + m] = lab
+        yield np.clip(np.floor(127.5 * z + 128.0), 0, 255).astype(np.uint8), lab
+
+
+def clustered_catalog(n_rows: int, *, n_clusters: int = 200, dim: int = 32, noise: float = 0.1, seed: int = 0,
+                      chunk: int = 1_000_000):
+    """Return (codes uint8 (n, dim), labels int32 (n,)): :func:`clustered_blocks` in one array."""
+    codes = np.empty((n_rows, dim), np.uint8)
+    labels = np.empty(n_rows, np.int32)
+    start = 0
+    for block, lab in clustered_blocks(n_rows, n_clusters=n_clusters, dim=dim, noise=noise, seed=seed, chunk=chunk):
+        codes[start:start + block.shape[0]] = block
+        labels[start:start + block.shape[0]] = lab
+        start += block.shape[0]
     return codes, labels
 
 
