@@ -86,7 +86,7 @@ def test_a_session_gives_the_same_answers_on_both(pair):
         session.label([int(i) for i in shown if labels[i] != 4], "neg")
         refined = session.refine("auto", n_random_negatives=200, exclude_top=100)
         results.append((shown.tolist(), refined.ids.tolist(), refined.model_name,
-                        session.suggest(30, random_state=1).ids.tolist(), session.export("json")))
+                        session.suggest(30, random_state=1).ids.tolist(), session.export_text("json")))
     assert results[0] == results[1]
 
 
