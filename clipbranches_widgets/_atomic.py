@@ -117,3 +117,30 @@ class _Staged:
     def __init__(self, path: Path):
         self.path = path
         self.published = False
+
+
+@contextlib.contextmanager
+def writer_lock(target):
+    """Hold the one-writer lock of folder ``target`` (a ``.NAME.lock`` file next to it).
+
+    An advisory ``flock``: the kernel releases it when the process dies, so a killed writer never
+    blocks the next one, and it is held per open file, so two writers in one process conflict too.
+    A second writer gets a ValueError naming the first one's process instead of racing it.
+    """
+    import fcntl
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target.parent / f".{target.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise ValueError(f"another process ({owner}) is writing {target}; wait for it to finish "
+                             f"or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a waiting writer)

@@ -25,7 +25,7 @@ def test_round_trip(tmp_path):
     assert again.items.column_names == ["id", "caption", "color"] and again.items.num_rows == 300
     assert again.thumbnail(5) == jpegs[5] and again.thumbnail(299) == jpegs[299]
     assert len(again) == 300 and again.dim == 32 and again.manifest["encoder"] == {"name": "test"}
-    assert sorted(p.name for p in (tmp_path).iterdir()) == ["cat"]  # no temporary folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cat.lock", "cat"]  # no temporary folders left
 
 
 def test_rewrite_replaces_whole_catalog_and_index_is_keyed(tmp_path):
@@ -108,3 +108,29 @@ def test_more_like_this(tmp_path):
     assert cat.search_similar(7, k=1, include_self=True)[0].tolist() == [7]
     with pytest.raises(ValueError, match="unknown item id"):
         cat.search_similar(500)
+
+
+def test_two_writers_on_one_folder_one_clear_error_and_a_whole_catalog(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    codes = np.random.default_rng(0).integers(0, 256, (50, 32)).astype(np.uint8)
+    write_catalog(tmp_path / "cat", codes, pa.table({"caption": ["old"] * 50}))
+    # another process holds the folder's writer lock (as a running build-catalog does)
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from clipbranches_widgets._atomic import writer_lock\n"
+                               f"with writer_lock({str(tmp_path / 'cat')!r}):\n"
+                               "    print('locked', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"another process \({holder.pid}\) is writing"):
+            write_catalog(tmp_path / "cat", codes[::-1], pa.table({"caption": ["new"] * 50}))
+        assert open_catalog(tmp_path / "cat").items.column("caption")[0].as_py() == "old"  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    # the killed writer's lock died with it
+    assert write_catalog(tmp_path / "cat", codes, pa.table({"caption": ["new"] * 50})).items.column("caption")[0].as_py() == "new"

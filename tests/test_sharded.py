@@ -119,7 +119,7 @@ def test_a_killed_build_resumes_and_never_publishes_half(tmp_path):
 def test_one_writer_at_a_time_and_empty_builds(tmp_path):
     codes, _, items = _data()
     with ShardedCatalogWriter(tmp_path / "cat", shard_rows=SHARD) as first:
-        with pytest.raises(ValueError, match="another build .* is writing"):
+        with pytest.raises(ValueError, match="another process .* is writing"):
             ShardedCatalogWriter(tmp_path / "cat", shard_rows=SHARD).__enter__()
         first.add(codes[:5], items.slice(0, 5))
     with pytest.raises(ValueError, match="no rows were added"):

@@ -11,7 +11,8 @@ Layout (DESIGN.md)::
 
 ``write_catalog`` fills a temporary folder and renames it into place, so a crash never leaves a
 half-written catalog; an existing catalog at the same path is replaced only after the new one is
-complete. ``open_catalog`` checks every file against the manifest and raises ``ValueError`` naming
+complete. One writer per folder at a time: ``.NAME.lock`` next to the folder is held while writing
+(a second writer gets a clear error; the lock dies with its process). ``open_catalog`` checks every file against the manifest and raises ``ValueError`` naming
 the file that is missing, truncated, corrupt or inconsistent.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import staging_dir
+from .._atomic import staging_dir, writer_lock
 from .base import CatalogBase, check_ids, check_k
 from .quantize import GlobalQuantizer, quantizer_from_dict
 from .sharded import is_sharded, open_sharded
@@ -77,42 +78,43 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
         raise ValueError(f"got {len(thumbnails)} thumbnails for {n} items")
     quantizer = quantizer if quantizer is not None else GlobalQuantizer()
     final = Path(path)
-    staged_final = final.with_name(final.name + ".new")
-    shutil.rmtree(staged_final, ignore_errors=True)  # left over by a crashed earlier write
-    with staging_dir(staged_final) as staged:
-        folder = staged.path
-        np.save(folder / "codes.npy", codes, allow_pickle=False)
-        pq.write_table(table, folder / "items.parquet")
-        files = ["codes.npy", "items.parquet"]
-        if thumbnails is not None:
-            offsets = np.zeros(n + 1, np.int64)
-            with open(folder / "thumbs.bin", "wb") as f:
-                for i, jpeg in enumerate(thumbnails):
-                    f.write(jpeg)
-                    offsets[i + 1] = offsets[i] + len(jpeg)
-            np.save(folder / "thumbs.idx.npy", offsets, allow_pickle=False)
-            files += ["thumbs.bin", "thumbs.idx.npy"]
-        for name, data in (assets or {}).items():
-            target = folder / name
-            if Path(name).is_absolute() or ".." in Path(name).parts or name in files:
-                raise ValueError(f"asset name {name!r} must be a new relative path inside the catalog")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            files.append(name)
-        manifest = {"format": FORMAT, "version": VERSION, "n_items": n, "dim": dim,
-                    "quantizer": quantizer.to_dict(), "encoder": encoder, "extra": extra or {},
-                    "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
-                              for name in files}}
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    if not staged.published:
-        raise ValueError(f"another process is writing a catalog at {final}; try again when it has finished")
-    # swap the complete new folder into place; the old catalog (if any) is removed only afterwards
-    old = final.with_name(final.name + ".old")
-    if final.exists():
+    with writer_lock(final):  # one writer per folder: a second one gets a clear error, not a race
+        staged_final = final.with_name(final.name + ".new")
+        shutil.rmtree(staged_final, ignore_errors=True)  # we hold the lock: a leftover is from a crashed write
+        with staging_dir(staged_final) as staged:
+            folder = staged.path
+            np.save(folder / "codes.npy", codes, allow_pickle=False)
+            pq.write_table(table, folder / "items.parquet")
+            files = ["codes.npy", "items.parquet"]
+            if thumbnails is not None:
+                offsets = np.zeros(n + 1, np.int64)
+                with open(folder / "thumbs.bin", "wb") as f:
+                    for i, jpeg in enumerate(thumbnails):
+                        f.write(jpeg)
+                        offsets[i + 1] = offsets[i] + len(jpeg)
+                np.save(folder / "thumbs.idx.npy", offsets, allow_pickle=False)
+                files += ["thumbs.bin", "thumbs.idx.npy"]
+            for name, data in (assets or {}).items():
+                target = folder / name
+                if Path(name).is_absolute() or ".." in Path(name).parts or name in files:
+                    raise ValueError(f"asset name {name!r} must be a new relative path inside the catalog")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+                files.append(name)
+            manifest = {"format": FORMAT, "version": VERSION, "n_items": n, "dim": dim,
+                        "quantizer": quantizer.to_dict(), "encoder": encoder, "extra": extra or {},
+                        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+                                  for name in files}}
+            (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if not staged.published:
+            raise ValueError(f"another process is writing a catalog at {final}; try again when it has finished")
+        # swap the complete new folder into place; the old catalog (if any) is removed only afterwards
+        old = final.with_name(final.name + ".old")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(staged_final, final)
         shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    os.rename(staged_final, final)
-    shutil.rmtree(old, ignore_errors=True)
     return open_catalog(final)
 
 

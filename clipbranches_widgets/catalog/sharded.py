@@ -14,13 +14,12 @@ manifest is read, each shard is opened (memory-mapped, checked against its manif
 time a query touches it, and answers are merged so they equal one folder's answers.
 
 :class:`ShardedCatalogWriter` writes one shard at a time (memory bounded by one shard), into
-``OUT.partial/`` under a lock; a killed build resumes from its last complete shard, and ``OUT``
+``OUT.partial/`` under the folder's writer lock; a killed build resumes from its last complete shard, and ``OUT``
 only ever holds a whole catalog.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_write_text
+from .._atomic import atomic_write_text, writer_lock
 from .base import CatalogBase, check_ids
 from .quantize import GlobalQuantizer, quantizer_from_dict
 
@@ -262,7 +261,7 @@ class ShardedCatalogWriter:
         self._items: list = []
         self._buffered = 0
         self._shards: list[dict] = []
-        self._lock_fd = None
+        self._writer_lock = None
 
     @property
     def n_written(self) -> int:
@@ -270,8 +269,8 @@ class ShardedCatalogWriter:
         return sum(s["n_items"] for s in self._shards)
 
     def __enter__(self) -> "ShardedCatalogWriter":
-        self.partial.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        self.partial.mkdir(parents=True, exist_ok=True)
         progress = self.partial / "progress.json"
         state = None
         if self.resume and progress.is_file():
@@ -284,8 +283,7 @@ class ShardedCatalogWriter:
             self._shards = state["shards"]
         else:  # a different build, or nothing to resume: start clean, keeping only the lock
             for entry in self.partial.iterdir():
-                if entry.name != ".lock":
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -351,7 +349,6 @@ class ShardedCatalogWriter:
                     "shards": self._shards, "files": files}
         (self.partial / "progress.json").unlink()
         atomic_write_text(self.partial / "manifest.json", json.dumps(manifest, indent=1))
-        self._release_lock()
         # swap the complete folder into place; the old catalog (if any) goes only afterwards
         old = self.path.with_name(self.path.name + ".old")
         if self.path.exists():
@@ -363,24 +360,12 @@ class ShardedCatalogWriter:
 
         self.catalog = open_catalog(self.path)
 
-    # an advisory lock (flock) on OUT.partial/.lock: released by the kernel when the process dies, so a
-    # killed build never blocks the next one; held per open file, so two writers in one process conflict
     def _take_lock(self) -> None:
-        fd = os.open(self.partial / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ValueError(f"another build (process {owner}) is writing {self.path}; "
-                             f"wait for it to finish or stop it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._writer_lock = writer_lock(self.path)
+        self._writer_lock.__enter__()
 
     def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            (self.partial / ".lock").unlink(missing_ok=True)
+        if self._writer_lock is not None:
+            lock, self._writer_lock = self._writer_lock, None
+            lock.__exit__(None, None, None)
 
