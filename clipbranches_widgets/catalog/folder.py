@@ -30,7 +30,7 @@ from .._atomic import staging_dir, writer_lock
 from .base import CatalogBase, check_ids, check_k
 from .quantize import GlobalQuantizer, quantizer_from_dict
 from .sharded import is_sharded, open_sharded
-from .thumbnails import thumbnail_source
+from .thumbnails import StoredThumbnails, thumbnail_source
 
 FORMAT = "clipbranches.catalog"
 VERSION = 1
@@ -134,7 +134,9 @@ class Catalog(CatalogBase):
         self.quantizer = quantizer_from_dict(manifest["quantizer"])
         self._thumb_offsets = thumb_offsets
         self._image_root = image_root
-        self._thumbnails = None
+        # stored thumbnails are opened now, with the codes and items: a rebuild in place afterwards
+        # cannot pair this catalog's captions with the new folder's pictures
+        self._thumbnails = None if thumb_offsets is None else StoredThumbnails(path / "thumbs.bin", thumb_offsets)
         self._index = None
 
     @property
