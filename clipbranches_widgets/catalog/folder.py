@@ -206,6 +206,23 @@ def _same_subsets(a, b) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def catalog_file(folder: Path, name) -> Path:
+    """``folder / name`` for a file a manifest lists: a relative path that stays inside the folder
+    (symlinks resolved) and names a regular file; anything else is a ValueError, never an open
+    (``/dev/zero`` or a FIFO would hang a reader, ``../`` would read outside the catalog)."""
+    rel = Path(str(name))
+    if not str(name) or rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"catalog {folder} lists a file outside itself: {str(name)!r}")
+    fpath = folder / rel
+    if not fpath.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"catalog file {fpath} links outside the catalog")
+    if not fpath.exists():
+        raise ValueError(f"catalog file {fpath} is missing")
+    if not fpath.is_file():
+        raise ValueError(f"catalog file {fpath} is not a regular file")
+    return fpath
+
+
 def open_catalog(path, *, verify: str = "auto", image_root=None) -> CatalogBase:
     """Open and validate a catalog folder: one folder (:class:`Catalog`) or a sharded catalog
     (:class:`~.sharded.ShardedCatalog`, whose shards are opened and checked when first used).
@@ -243,9 +260,7 @@ def open_catalog(path, *, verify: str = "auto", image_root=None) -> CatalogBase:
         if name not in files:
             raise ValueError(f"catalog file {mpath} lists no {name}")
     for name, info in files.items():
-        fpath = folder / name
-        if not fpath.exists():
-            raise ValueError(f"catalog file {fpath} is missing")
+        fpath = catalog_file(folder, name)
         size = fpath.stat().st_size
         if size != info.get("bytes"):
             raise ValueError(f"catalog file {fpath} has {size} bytes; the manifest says {info.get('bytes')} (truncated or replaced?)")

@@ -216,10 +216,10 @@ def open_sharded(folder: Path, manifest: dict, *, verify: str = "auto", image_ro
             raise ValueError("the shards' sizes do not add up to n_items")
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"catalog file {mpath} is corrupt: {exc}") from None
+    from .folder import catalog_file
+
     for name, info in files.items():
-        fpath = folder / name
-        if not fpath.is_file():
-            raise ValueError(f"catalog file {fpath} is missing")
+        fpath = catalog_file(folder, name)
         if fpath.stat().st_size != info.get("bytes") or (verify != "size" and _sha256_file(fpath) != info.get("sha256")):
             raise ValueError(f"catalog file {fpath} does not match its size or checksum in the manifest")
     return ShardedCatalog(folder, manifest, verify=verify, image_root=image_root)

@@ -12,11 +12,37 @@ the catalog: ``reducer(encoder(query))`` as unit vectors, compared with the dequ
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .reducers import load_reducer
 
 __all__ = ["QueryEncoder"]
+
+
+def verified_file(catalog, name) -> Path:
+    """A file the catalog's manifest lists (so its size and checksum were checked on open), inside it."""
+    from ..catalog.folder import catalog_file
+
+    if name not in (catalog.manifest.get("files") or {}):
+        raise ValueError(f"catalog {catalog.path} names {name!r} for its encoder, but its manifest does not "
+                         f"list (and verify) that file")
+    return catalog_file(catalog.path, name)
+
+
+def verified_dir(catalog, name) -> Path:
+    """A folder inside the catalog whose every file the manifest lists (e.g. the encoder's weights)."""
+    listed = [f for f in (catalog.manifest.get("files") or {}) if f.startswith(f"{name}/")]
+    if not listed:
+        raise ValueError(f"catalog {catalog.path} names the encoder folder {name!r}, but its manifest lists no "
+                         f"files in it")
+    folder = verified_file(catalog, listed[0]).parent
+    extra = sorted(str(p.relative_to(catalog.path)) for p in folder.rglob("*") if p.is_file()
+                   and str(p.relative_to(catalog.path)) not in catalog.manifest["files"])
+    if extra:
+        raise ValueError(f"catalog {catalog.path}: {extra[0]!r} in the encoder folder is not in the manifest")
+    return folder
 
 
 class QueryEncoder:
@@ -41,13 +67,12 @@ class QueryEncoder:
         from .encoders import load_encoder
 
         if spec["model"] == "local-dir":
-            encoder = load_encoder("local-dir:" + str(catalog.path / spec.get("dir", "encoder")),
-                                   device="cpu")
+            encoder = load_encoder("local-dir:" + str(verified_dir(catalog, spec.get("dir", "encoder"))), device="cpu")
         else:
             encoder = load_encoder(spec["model"], spec.get("pretrained"))
         kind = spec.get("reducer", "none")
         file = spec.get("reducer_file")
-        reducer = load_reducer(kind, None if file is None else catalog.path / file)
+        reducer = load_reducer(kind, None if file is None else verified_file(catalog, file))
         return cls(encoder, reducer)
 
     def encode_texts(self, texts) -> np.ndarray:
