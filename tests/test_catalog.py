@@ -134,3 +134,25 @@ def test_two_writers_on_one_folder_one_clear_error_and_a_whole_catalog(tmp_path)
     time.sleep(0.1)
     # the killed writer's lock died with it
     assert write_catalog(tmp_path / "cat", codes, pa.table({"caption": ["new"] * 50})).items.column("caption")[0].as_py() == "new"
+
+
+def test_box_index_falls_back_to_the_cache_then_memory(tmp_path, monkeypatch):
+    from clipbranches_widgets.engine import BoxIndex
+
+    cat, codes, _ = make(tmp_path)
+    real_build = BoxIndex.build
+    tried = []
+
+    def build(codes, subsets, path=None, **kw):
+        tried.append(path)
+        if path is not None:
+            raise PermissionError(13, "read-only", str(path))
+        return real_build(codes, subsets, path=None, **kw)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(BoxIndex, "build", staticmethod(build))
+    index = open_catalog(tmp_path / "cat").box_index()
+    assert tried == [tmp_path / "cat" / "index", tmp_path / "cache" / "clipbranches" / "index", None]
+    X, y = codes[:60], np.r_[np.ones(10, int), np.zeros(50, int)]
+    m = DecisionBranches(random_state=0).fit(X, y)
+    assert sorted(index.search(m).ids.tolist()) == np.flatnonzero(m.predict(codes)).tolist()

@@ -190,16 +190,34 @@ class Catalog(CatalogBase):
 
     def box_index(self, subsets=None):
         """The engine's BoxIndex for these codes, built once and kept under ``index/`` (keyed by the
-        codes' hash, so a rebuilt catalog never reuses a stale index)."""
+        codes' hash, so a rebuilt catalog never reuses a stale index), or in the user's cache when
+        the catalog folder is read-only."""
         from ..engine import BoxIndex
         from ..engine.subsets import default_subsets
 
         subsets = default_subsets(self.dim) if subsets is None else subsets
         with self._lock:
             if self._index is None or not _same_subsets(self._index.subsets, subsets):
-                self._index = BoxIndex.build(self.codes, subsets, path=self.path / "index",
-                                             codes_hash=self.manifest["files"]["codes.npy"]["sha256"])
+                self._index = None
+                for folder in self._index_folders():
+                    try:
+                        self._index = BoxIndex.build(self.codes, subsets, path=folder, codes_hash=self.fingerprint)
+                        break
+                    except OSError:  # read-only (an installed package, a shared mount): try the next place
+                        continue
+                if self._index is None:
+                    self._index = BoxIndex.build(self.codes, subsets)  # kept in memory only
             return self._index
+
+    def _index_folders(self) -> list[Path]:
+        """Where the index may be saved: next to the codes, else the user's cache (the index key holds
+        the codes' hash, so one cache serves every catalog). The catalog shipped inside the package
+        always uses the cache, so nothing is written into site-packages."""
+        from .default import PACKAGED_CATALOG
+
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipbranches" / "index"
+        inside = [] if self.path.resolve() == PACKAGED_CATALOG.resolve() else [self.path / "index"]
+        return inside + [cache]
 
 
 def _same_subsets(a, b) -> bool:
