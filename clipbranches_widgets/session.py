@@ -53,6 +53,9 @@ from .exploration import Page, design_weights, estimate_quality, inclusion_proba
 
 __all__ = ["SearchSession", "QueryResult", "RefineResult", "MODELS", "LABELS"]
 
+#: refine's defaults on catalogs of 1,000+ / 40,000+ items (smaller ones scale them down)
+DEFAULT_RANDOM_NEGATIVES = 500
+DEFAULT_EXCLUDE_TOP = 2000
 #: model names accepted by :meth:`SearchSession.refine`: "auto" (the default) picks one of
 #: AUTO_FAMILIES per refine; the others are the original's db, ens, dtree, rf plus a linear model
 MODELS = ("auto", "branches", "ensemble", "linear", "tree", "forest")
@@ -297,8 +300,8 @@ class SearchSession:
 
     # -- refine --------------------------------------------------------------------------------
 
-    def refine(self, model: str = "auto", *, n_random_negatives: int = 500, negative_weight: float = 1,
-               random_state=None, exclude_top: int = 2000) -> RefineResult:
+    def refine(self, model: str = "auto", *, n_random_negatives: int | None = None, negative_weight: float = 1,
+               random_state=None, exclude_top: int | None = None) -> RefineResult:
         """Train a model on the marks and return every catalog item it calls positive.
 
         Parameters
@@ -309,16 +312,17 @@ class SearchSession:
             for the box models. "auto" fits
             ensemble, linear and branches and keeps the one with the best estimated F1 on these
             marks (``result.selection`` says why).
-        n_random_negatives : int in 0..N, default 500
+        n_random_negatives : int in 0..N, default min(500, N // 2)
             Unlabelled catalog rows drawn at random and used as negatives (fewer when fewer rows
             are eligible). 0 is allowed when some items are marked negative.
         negative_weight : float > 0, default 1
             Sample weight of each user-marked negative relative to a random one.
         random_state : None, int or Generator
             Seeds this round (sampling and model); None draws a seed from the session's generator.
-        exclude_top : int >= 0, default 2000
+        exclude_top : int >= 0, default min(2000, N // 20)
             Random negatives are never drawn from the current query's top ``exclude_top``
             neighbours (clipped to the catalog size; nothing is barred without a current query).
+            Both defaults scale with small catalogs, so a 50-item catalog refines as a 50,000-item one.
 
         Every answer comes with ``result.estimate``: its precision and recall estimated from the
         marks (by cross-validation, and from the suggestion pages marked so far).
@@ -326,6 +330,8 @@ class SearchSession:
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
         n = self.catalog.n_items
+        n_random_negatives = min(DEFAULT_RANDOM_NEGATIVES, n // 2) if n_random_negatives is None else n_random_negatives
+        exclude_top = min(DEFAULT_EXCLUDE_TOP, n // 20) if exclude_top is None else exclude_top
         if not _is_int(n_random_negatives) or not 0 <= n_random_negatives <= n:
             raise ValueError(f"n_random_negatives must be an integer in 0..{n} (the catalog size); "
                              f"got {n_random_negatives!r}")

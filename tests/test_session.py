@@ -438,3 +438,21 @@ def test_auto_takes_the_linear_model_below_few_positives(tiny_catalog):
     result = session.refine(random_state=0)
     assert result.model_name == "linear" and f"fewer than {FEW_POSITIVES} positives" in result.selection["reason"]
     assert set(result.selection) == {*AUTO_FAMILIES, "reason"}  # both still estimated, for the record
+
+
+def test_refine_defaults_scale_to_a_small_catalog(tmp_path):
+    import pyarrow as pa
+
+    from clipbranches_widgets.catalog import write_catalog
+    from clipbranches_widgets.engine.synthetic import clustered_catalog
+
+    codes, labels = clustered_catalog(48, n_clusters=3, seed=1)
+    cat = write_catalog(tmp_path / "small", codes, pa.table({"caption": [f"c{c}" for c in labels]}))
+    session = SearchSession(cat, random_state=0)
+    shown = session.image_search(int(np.flatnonzero(labels == 0)[0]), k=10).ids
+    session.label([int(i) for i in shown if labels[i] == 0], "pos")
+    result = session.refine()  # defaults: 24 random negatives, the query's top 2 barred
+    assert result.n_random_negatives == 24
+    assert result.n_excluded_neighbours == 2 and result.count >= 1
+    with pytest.raises(ValueError, match=r"n_random_negatives must be an integer in 0\.\.48"):
+        session.refine(n_random_negatives=500)
