@@ -53,7 +53,7 @@ from .exploration import Page, design_weights, estimate_quality, inclusion_proba
 
 __all__ = ["SearchSession", "QueryResult", "RefineResult", "MODELS", "LABELS"]
 
-#: refine's defaults on catalogs of 1,000+ / 40,000+ items (smaller ones scale them down)
+#: refine's defaults on catalogs of 1,000+ / 4,000+ items (smaller ones scale them down)
 DEFAULT_RANDOM_NEGATIVES = 500
 DEFAULT_EXCLUDE_TOP = 2000
 #: model names accepted by :meth:`SearchSession.refine`: "auto" (the default) picks one of
@@ -319,7 +319,7 @@ class SearchSession:
             Sample weight of each user-marked negative relative to a random one.
         random_state : None, int or Generator
             Seeds this round (sampling and model); None draws a seed from the session's generator.
-        exclude_top : int >= 0, default min(2000, N // 20)
+        exclude_top : int >= 0, default min(2000, N // 2)
             Random negatives are never drawn from the current query's top ``exclude_top``
             neighbours (clipped to the catalog size; nothing is barred without a current query).
             Both defaults scale with small catalogs, so a 50-item catalog refines as a 50,000-item one.
@@ -331,7 +331,7 @@ class SearchSession:
             raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
         n = self.catalog.n_items
         n_random_negatives = min(DEFAULT_RANDOM_NEGATIVES, n // 2) if n_random_negatives is None else n_random_negatives
-        exclude_top = min(DEFAULT_EXCLUDE_TOP, n // 20) if exclude_top is None else exclude_top
+        exclude_top = min(DEFAULT_EXCLUDE_TOP, n // 2) if exclude_top is None else exclude_top
         if not _is_int(n_random_negatives) or not 0 <= n_random_negatives <= n:
             raise ValueError(f"n_random_negatives must be an integer in 0..{n} (the catalog size); "
                              f"got {n_random_negatives!r}")

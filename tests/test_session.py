@@ -134,13 +134,13 @@ def test_branches_find_the_marked_concept(marked):
 
 def test_random_negatives_exclude_labels_and_the_query_neighbourhood(marked):
     catalog = marked.catalog
-    top = set(catalog.search_text("a red star", k=2000)[0].tolist())
+    top = set(catalog.search_text("a red star", k=1500)[0].tolist())  # default: half of this 3,000-item catalog
     result = marked.refine("branches", n_random_negatives=500, random_state=3)
     used = set(result.negative_ids.tolist())
     assert result.n_random_negatives == len(used) == 500
     assert not used & set(marked.labels) and not used & top
-    assert result.n_excluded_neighbours == 2000
-    assert "top-2000" in result.negatives_source and marked.history[-1]["n_random_negatives"] == 500
+    assert result.n_excluded_neighbours == 1500
+    assert "top-1500" in result.negatives_source and marked.history[-1]["n_random_negatives"] == 500
 
     # only rows outside the neighbourhood and the labels are eligible: all of them are used, no more
     result = marked.refine("branches", n_random_negatives=3000, random_state=3)
@@ -197,7 +197,7 @@ def test_save_load_round_trip(marked, tiny_catalog, tmp_path):
     # the kept query embedding and RNG state make the next unseeded round identical
     a, b = marked.refine("branches"), loaded.refine("branches")
     assert np.array_equal(a.negative_ids, b.negative_ids) and np.array_equal(a.ids, b.ids)
-    assert a.n_excluded_neighbours == b.n_excluded_neighbours == 2000
+    assert a.n_excluded_neighbours == b.n_excluded_neighbours == 1500
     marked.save(path)  # overwriting an existing file works
     assert SearchSession.load(path, tiny_catalog).history == marked.history
     assert [p.name for p in tmp_path.iterdir()] == ["session.json"]  # no temporary file left
@@ -451,8 +451,8 @@ def test_refine_defaults_scale_to_a_small_catalog(tmp_path):
     session = SearchSession(cat, random_state=0)
     shown = session.image_search(int(np.flatnonzero(labels == 0)[0]), k=10).ids
     session.label([int(i) for i in shown if labels[i] == 0], "pos")
-    result = session.refine()  # defaults: 24 random negatives, the query's top 2 barred
+    result = session.refine()  # defaults: 24 random negatives, the query's top 24 barred
     assert result.n_random_negatives == 24
-    assert result.n_excluded_neighbours == 2 and result.count >= 1
+    assert result.n_excluded_neighbours == 24 and result.count >= 1
     with pytest.raises(ValueError, match=r"n_random_negatives must be an integer in 0\.\.48"):
         session.refine(n_random_negatives=500)
