@@ -161,6 +161,12 @@ class RefineResult:
         return self.count
 
 
+def _csv_text(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting with = + - @ (or a tab / CR) would be
+    run as a formula (CSV injection), so it gets a leading apostrophe, as OWASP advises."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -582,14 +588,30 @@ class SearchSession:
                 raise ValueError(f"session {path} was saved for catalog {saved['path']} (codes sha256 "
                                  f"{saved['codes_sha256'][:12]}...), not for catalog {catalog.path} (codes sha256 "
                                  f"{session._codes_hash()[:12]}...)")
+            if not isinstance(state["labels"], dict):
+                raise ValueError(f"session file {path}: labels must be an object of item id -> label")
             for key, value in state["labels"].items():
+                if not (isinstance(key, str) and key.isascii() and key.isdigit() and key == str(int(key))):
+                    raise ValueError(f"session file {path} has a malformed item id {key!r} (ids are written as 7, "
+                                     f"not 07 or ' 7')")
                 if value not in ("pos", "neg"):
                     raise ValueError(f"session file {path} has an invalid label {value!r} for item {key}")
                 session._labels[session.catalog.check_id(int(key))] = value
+            if not isinstance(state["history"], list) or not all(isinstance(h, dict) for h in state["history"]):
+                raise ValueError(f"session file {path}: history must be a list of round summaries")
             session._history = list(state["history"])
-            session._query = state["query"]
+            query = state["query"]
+            if query is not None and not (isinstance(query, dict) and query.get("type") in ("text", "image")):
+                raise ValueError(f"session file {path}: query must be null or a text/image query, not {query!r}")
+            session._query = query
             if state["query_vector"] is not None:
-                session._query_vector = np.asarray(state["query_vector"], np.float32).reshape(1, -1)
+                vector = state["query_vector"]
+                if not isinstance(vector, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           for v in vector):
+                    raise ValueError(f"session file {path}: query_vector must be a list of numbers")
+                session._query_vector = np.asarray(vector, np.float32).reshape(1, -1)
+                if not np.isfinite(session._query_vector).all():
+                    raise ValueError(f"session file {path}: query_vector holds NaN or infinite values")
                 if session._query_vector.shape[1] != catalog.dim:
                     raise ValueError(f"session file {path} has a {session._query_vector.shape[1]}-d query "
                                      f"embedding; the catalog has {catalog.dim} dims")
@@ -634,7 +656,8 @@ class SearchSession:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["id", "source", "caption", "score"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "source": _csv_text(row["source"]), "caption": _csv_text(row["caption"])}
+                         for row in rows)
         return buf.getvalue()
 
     # -- validation ----------------------------------------------------------------------------

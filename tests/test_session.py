@@ -1,6 +1,7 @@
 """SearchSession: queries, persistent marks, undo, refine over the whole catalog, save/load, export."""
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -223,6 +224,19 @@ def test_load_errors(marked, tiny_catalog, tmp_path):
     (tmp_path / "other.json").write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match="not a clipbranches session"):
         SearchSession.load(tmp_path / "other.json", tiny_catalog)
+    # hand-edited files fail at load with a message, never later with a half-updated session
+    first = next(iter(json.loads(path.read_text())["labels"]))
+    for field, value, message in [("query", 5, "query must be null or a text/image query"),
+                                  ("history", "abc", "history must be a list"),
+                                  ("labels", {"0" + first: "pos"}, "malformed item id"),
+                                  ("labels", {" " + first: "pos"}, "malformed item id"),
+                                  ("labels", ["pos"], "labels must be an object"),
+                                  ("query_vector", ["x"] * 32, "query_vector must be a list of numbers")]:
+        edited = json.loads(path.read_text())
+        edited[field] = value
+        (tmp_path / "edited.json").write_text(json.dumps(edited))
+        with pytest.raises(ValueError, match=message):
+            SearchSession.load(tmp_path / "edited.json", tiny_catalog)
 
 
 def _read_csv(path):
@@ -255,6 +269,21 @@ def test_export_csv_and_json(marked, tiny_catalog, tmp_path):
     assert len(_read_csv(tmp_path / "refine.csv")) == result.count
     with pytest.raises(ValueError, match="format must be"):
         marked.export(tmp_path / "x.xml", format="xml")
+
+
+def test_csv_export_does_not_let_captions_run_as_formulas(tmp_path):
+    import pyarrow as pa
+
+    from clipbranches_widgets.catalog import write_catalog
+
+    captions = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "plain", "a=b"]
+    cat = write_catalog(tmp_path / "c", np.random.default_rng(0).integers(0, 256, (6, 32)).astype(np.uint8),
+                        pa.table({"caption": captions}))
+    session = SearchSession(cat)
+    session.image_search(0, k=6)
+    rows = {int(r["id"]): r["caption"] for r in csv.DictReader(io.StringIO(session.export_text("csv")))}
+    assert [rows[i] for i in range(6)] == ["'" + c for c in captions[:4]] + ["plain", "a=b"]
+    assert {r["caption"] for r in json.loads(session.export_text("json"))} == set(captions)  # JSON keeps them as they are
 
 
 @pytest.mark.parametrize("bad", ["", "   ", None, 3])
