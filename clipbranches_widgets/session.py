@@ -44,7 +44,7 @@ import numpy as np
 from ._atomic import atomic_write_text
 from .catalog import check_k
 from .engine import BranchEnsemble, DecisionBranches, draw_training_rows
-from .engine._validation import check_random_state
+from .engine._validation import MAX_WEIGHT_RATIO, check_random_state
 from .engine.baselines import make_baseline
 from .engine.linear import LinearCodes
 from .engine.selection import FEW_POSITIVES, held_out_membership
@@ -342,8 +342,8 @@ class SearchSession:
             raise ValueError(f"n_random_negatives must be an integer in 0..{n} (the catalog size); "
                              f"got {n_random_negatives!r}")
         if isinstance(negative_weight, (bool, np.bool_)) or not isinstance(negative_weight, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(negative_weight) or negative_weight <= 0:
-            raise ValueError(f"negative_weight must be a finite number > 0; got {negative_weight!r}")
+                or not math.isfinite(negative_weight) or not 0 < negative_weight <= MAX_WEIGHT_RATIO:
+            raise ValueError(f"negative_weight must be a number in (0, {MAX_WEIGHT_RATIO:.0e}]; got {negative_weight!r}")
         if not _is_int(exclude_top) or exclude_top < 0:
             raise ValueError(f"exclude_top must be an integer >= 0; got {exclude_top!r}")
         with self._lock:

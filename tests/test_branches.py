@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipbranches_widgets.engine import Box, BranchEnsemble, DecisionBranches, default_subsets, feature_subsets
+from clipbranches_widgets.engine import LinearCodes, Box, BranchEnsemble, DecisionBranches, default_subsets, feature_subsets
 
 
 def clustered_codes(n, n_clusters=8, dim=32, noise=0.12, seed=0):
@@ -268,6 +268,10 @@ def test_bad_parameters_and_unfitted(task):
             DecisionBranches(**kw).fit(X, y)
     with pytest.raises(ValueError, match="sample_weight"):
         DecisionBranches(subsets=SUBSETS).fit(X, y, sample_weight=np.ones(3))
+    huge = np.where(y == 0, 1e307, 1.0)  # overflowing weights: a clear error, never a NaN model
+    for model in (DecisionBranches(subsets=SUBSETS), BranchEnsemble(3, subsets=SUBSETS), LinearCodes()):
+        with pytest.raises(ValueError, match="sample_weight spans"):
+            model.fit(X, y, sample_weight=huge)
     with pytest.raises(ValueError, match="not fitted"):
         DecisionBranches().predict(X)
     with pytest.raises(ValueError, match="not fitted"):

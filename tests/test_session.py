@@ -330,7 +330,7 @@ def test_bad_refine_arguments(tiny_catalog):
     cases = [({"model": "svm"}, "unknown model"), ({"model": "db"}, "unknown model"),
              ({"n_random_negatives": -1}, "n_random_negatives"), ({"n_random_negatives": 3001}, "n_random_negatives"),
              ({"n_random_negatives": 10.0}, "n_random_negatives"), ({"negative_weight": 0}, "negative_weight"),
-             ({"negative_weight": -2}, "negative_weight"), ({"negative_weight": float("nan")}, "negative_weight"),
+             ({"negative_weight": -2}, "negative_weight"), ({"negative_weight": 1e307}, "negative_weight"), ({"negative_weight": float("nan")}, "negative_weight"),
              ({"negative_weight": "5"}, "negative_weight"), ({"exclude_top": -1}, "exclude_top"),
              ({"random_state": "seed"}, "random_state")]
     for kwargs, msg in cases:

@@ -69,6 +69,10 @@ def check_labels(y, n_rows: int) -> np.ndarray:
     return arr
 
 
+#: the widest range of positive sample weights a fit accepts (beyond it, float64 sums lose the small rows)
+MAX_WEIGHT_RATIO = 1e6
+
+
 def check_sample_weight(sample_weight, n_rows: int) -> np.ndarray:
     """Return per-row weights as float64 (ones when ``None``), or raise ``ValueError``."""
     if sample_weight is None:
@@ -82,6 +86,11 @@ def check_sample_weight(sample_weight, n_rows: int) -> np.ndarray:
         raise ValueError("sample_weight must be non-negative")
     if not (w > 0).any():
         raise ValueError("sample_weight is zero everywhere")
+    positive = w[w > 0]
+    if positive.max() > MAX_WEIGHT_RATIO * positive.min() or not np.isfinite(positive.sum() * positive.max()):
+        # sums and squares of such weights overflow or swamp every other row: a NaN or degenerate model
+        raise ValueError(f"sample_weight spans {positive.min():.3g} .. {positive.max():.3g}; the largest may be at "
+                         f"most {MAX_WEIGHT_RATIO:.0e} times the smallest positive weight")
     return np.ascontiguousarray(w)
 
 
