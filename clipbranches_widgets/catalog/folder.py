@@ -241,18 +241,24 @@ def catalog_file(folder: Path, name) -> Path:
     return fpath
 
 
-def open_catalog(path, *, verify: str = "auto", image_root=None) -> CatalogBase:
+def open_catalog(path, *, verify: str = "auto", image_root=None, client=None) -> CatalogBase:
     """Open and validate a catalog folder: one folder (:class:`Catalog`) or a sharded catalog
     (:class:`~.sharded.ShardedCatalog`, whose shards are opened and checked when first used).
 
     verify: "auto" (hash files up to 256 MiB, size-check larger ones), "hash" (hash everything) or
     "size". image_root: a folder holding the items' ``image_path`` files, for tiles (overrides the
-    manifest's ``extra["image_root"]``). Raises ValueError naming the bad file.
+    manifest's ``extra["image_root"]``). client: a ``dask.distributed.Client``: the (sharded)
+    catalog is served by its workers (:func:`~.distributed.open_distributed`; the path must be on a
+    filesystem they share). Raises ValueError naming the bad file.
     """
     import pyarrow.parquet as pq
 
     if verify not in ("auto", "hash", "size"):
         raise ValueError(f"verify must be 'auto', 'hash' or 'size'; got {verify!r}")
+    if client is not None:  # shards served by Dask workers; dask is imported only when asked for
+        from .distributed import open_distributed
+
+        return open_distributed(path, client, verify=verify, image_root=image_root)
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"no catalog at {folder}: not a folder")
