@@ -7,14 +7,24 @@ import json
 import sys
 import time
 
+from .catalog.sharded import SHARD_ROWS
+
+#: the open_clip model a folder of pictures is embedded with when --model is not given
+FOLDER_MODEL, FOLDER_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
+
 
 def _build(args) -> int:
     from . import build
 
     t0 = time.perf_counter()
+    if args.folder and args.embeddings:
+        raise ValueError("give --folder (pictures) or --embeddings (a clip-retrieval folder), not both")
+    if args.embeddings:
+        return _build_embeddings(args, t0)
     if args.folder:
         cat, found = build.build_folder_catalog(
-            args.folder, args.out, model=args.model, pretrained=args.pretrained,
+            args.folder, args.out, model=args.model or FOLDER_MODEL,
+            pretrained=args.pretrained or FOLDER_PRETRAINED,
             captions_csv=args.captions, reducer=args.reducer, quantizer=args.quantizer,
             head_epochs=args.head_epochs, random_state=args.random_state)
         print(found.report())
@@ -31,6 +41,23 @@ def _build(args) -> int:
     return 0
 
 
+def _build_embeddings(args, t0: float) -> int:
+    from .build.embeddings import build_embedding_catalog
+
+    cat = build_embedding_catalog(
+        args.embeddings, args.out, reducer="pca" if args.reducer == "auto" else args.reducer,
+        model=args.model, pretrained=args.pretrained, image_root=args.image_root,
+        shard_rows=args.shard_rows, sample_rows=args.sample_rows, quantizer=args.quantizer,
+        random_state=args.random_state, head_epochs=args.head_epochs)
+    print(f"wrote {cat.n_items:,} rows in {cat.n_shards} shard{'s' * (cat.n_shards != 1)} to {cat.path} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    if "model" not in (cat.manifest.get("encoder") or {}):
+        print("no model given: text search needs --model/--pretrained (the encoder that made the embeddings); "
+              f"searching by item (python -m clipbranches_widgets search {args.out} --item N) and refining by "
+              "marks work")
+    return 0
+
+
 def _search(args) -> int:
     from . import open_catalog
 
@@ -38,6 +65,10 @@ def _search(args) -> int:
     if args.item is not None:
         ids, scores = cat.search_image(args.item, k=args.k)
     else:
+        if args.text.strip() and "model" not in (cat.manifest.get("encoder") or {}):
+            raise ValueError(f"catalog {args.catalog} records no text encoder: text search needs the encoder "
+                             "that made its embeddings (rebuild it with build-catalog ... --model NAME "
+                             "--pretrained TAG); search by item works: --item N")
         ids, scores = cat.search_text(args.text, k=args.k)
     page = cat.items_of(ids)
     captions = page.column("caption").to_pylist() if "caption" in page.column_names else [""] * len(ids)
@@ -51,16 +82,25 @@ def main(argv=None) -> int:
                                      description="Build and query clipbranches catalogs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build-catalog", help="build a catalog from the demo world or a folder",
-                       description="Without --folder: generate the shapes world, train (or load) "
-                                   "the demo CLIP, and build a catalog. With --folder: ingest "
-                                   "your pictures and embed them with an open_clip model.")
+    b = sub.add_parser("build-catalog", help="build a catalog from the demo world, pictures or embeddings",
+                       description="Without --folder or --embeddings: generate the shapes world, train "
+                                   "(or load) the demo CLIP, and build a catalog. With --folder: ingest "
+                                   "your pictures and embed them with an open_clip model. With "
+                                   "--embeddings: a clip-retrieval / LAION embedding folder (img_emb/, "
+                                   "metadata/, optional text_emb/) becomes a sharded catalog; a rerun "
+                                   "of an interrupted build resumes.")
     b.add_argument("out", help="catalog folder to write (replaced atomically)")
     b.add_argument("--folder", help="folder of jpg/png/webp pictures (default: the demo world)")
+    b.add_argument("--embeddings", help="clip-retrieval inference output folder (img_emb/, metadata/, text_emb/)")
     b.add_argument("--captions", help="CSV with filename,caption columns (folder mode)")
-    b.add_argument("--model", default="ViT-B-32",
-                   help="open_clip model name or local-dir:/path (folder mode)")
-    b.add_argument("--pretrained", default="laion2b_s34b_b79k", help="open_clip pretrained tag")
+    b.add_argument("--model", help=f"open_clip model name or local-dir:/path (folder mode: default "
+                                    f"{FOLDER_MODEL}; embeddings: the model that made them, for text search)")
+    b.add_argument("--pretrained", help=f"open_clip pretrained tag (folder mode default: {FOLDER_PRETRAINED})")
+    b.add_argument("--image-root", help="embeddings: folder the metadata's image_path values are relative to "
+                                        "(tiles show the pictures)")
+    b.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="embeddings: rows per shard")
+    b.add_argument("--sample-rows", type=int, default=200_000,
+                   help="embeddings: rows the reducer is fitted on (a seeded uniform sample)")
     b.add_argument("--items", type=int, default=50_000, help="demo catalog size")
     b.add_argument("--seed", type=int, default=777, help="demo world seed")
     b.add_argument("--objects", help='objects per image as JSON, e.g. \'{"1": 0.4, "2": 0.3, "3": 0.3}\'')

@@ -132,15 +132,23 @@ def _encoder_assets(encoder) -> tuple[dict, dict]:
             "embed_dim": encoder.embed_dim}, files
 
 
-def write_encoded_catalog(path, *, encoder, reducer, quantizer, reduced, items, thumbnails=None,
-                          extra: dict | None = None):
-    """Quantize ``reduced`` (N, 32) and write a catalog that can answer text and image queries."""
-    spec, assets = _encoder_assets(encoder)
+def _encoder_entry(encoder, reducer) -> tuple[dict, dict]:
+    """(manifest "encoder" entry, asset files) for codes made by ``reducer`` from ``encoder``'s
+    features. ``encoder`` None (embeddings made elsewhere, model unknown): the entry names only the
+    reducer, so the catalog is searched by item and by trained models, not by text."""
+    spec, assets = _encoder_assets(encoder) if encoder is not None else ({}, {})
     spec["reducer"] = reducer.kind
     data = reducer.to_bytes()
     if data is not None:
         spec["reducer_file"] = REDUCER_FILES[reducer.kind]
         assets[spec["reducer_file"]] = data
+    return spec, assets
+
+
+def write_encoded_catalog(path, *, encoder, reducer, quantizer, reduced, items, thumbnails=None,
+                          extra: dict | None = None):
+    """Quantize ``reduced`` (N, 32) and write a catalog that can answer text and image queries."""
+    spec, assets = _encoder_entry(encoder, reducer)
     codes = quantizer.quantize(reduced)
     return write_catalog(path, codes, items, quantizer=quantizer, encoder=spec,
                          thumbnails=thumbnails, extra=extra, assets=assets)

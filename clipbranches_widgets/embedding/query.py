@@ -60,10 +60,11 @@ class QueryEncoder:
         """Load the encoder and reducer a catalog's manifest names (ValueError if there is none)."""
         spec = catalog.manifest.get("encoder") or {}
         if "model" not in spec:
+            hint = f"; text search {spec['text_search']}" if isinstance(spec.get("text_search"), str) else ""
             raise ValueError(
                 f"catalog {catalog.path} records no query encoder (manifest 'encoder' has no "
                 "'model'), so it can only be searched by item id (search_image(item_id)) or by "
-                "a trained model, not by text or by a new picture")
+                f"a trained model, not by text or by a new picture{hint}")
         from .encoders import load_encoder
 
         if spec["model"] == "local-dir":

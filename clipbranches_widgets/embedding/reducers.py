@@ -63,16 +63,24 @@ class PCAReducer:
         self.mean_ = None
         self.components_ = None
 
-    def fit(self, image_features, text_features=None) -> "PCAReducer":
-        x = np.asarray(image_features, np.float64)
+    def fit(self, image_features, text_features=None, *, chunk_rows: int = 65536) -> "PCAReducer":
+        x = np.asarray(image_features)
         if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < self.out_dim:
             raise ValueError(f"PCA to {self.out_dim} dims needs (n >= 2, d >= {self.out_dim}) "
                              f"features; got shape {x.shape}")
-        self.mean_ = x.mean(0)
-        # right singular vectors of the centred data = principal axes, largest variance first
-        _, _, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
-        self.components_ = vt[: self.out_dim].astype(np.float32)
-        self.mean_ = self.mean_.astype(np.float32)
+        mean = x.mean(0, dtype=np.float64)
+        # eigenvectors of the d x d covariance, accumulated chunk by chunk in float64: the same axes
+        # as an SVD of the centred data, in memory of one chunk instead of n x d float64 copies
+        cov = np.zeros((x.shape[1], x.shape[1]))
+        for start in range(0, x.shape[0], chunk_rows):
+            c = x[start:start + chunk_rows].astype(np.float64) - mean
+            cov += c.T @ c
+        values, vectors = np.linalg.eigh(cov)
+        top = vectors[:, np.argsort(values)[::-1][: self.out_dim]].T
+        # a deterministic sign per axis (its largest entry positive), as scikit-learn's svd_flip
+        top *= np.sign(top[np.arange(top.shape[0]), np.abs(top).argmax(axis=1)])[:, None]
+        self.components_ = top.astype(np.float32)
+        self.mean_ = mean.astype(np.float32)
         return self
 
     def _project(self, features) -> np.ndarray:
@@ -81,7 +89,8 @@ class PCAReducer:
         x = np.asarray(features, np.float32)
         if x.ndim != 2 or x.shape[1] != self.components_.shape[1]:
             raise ValueError(f"features must be (n, {self.components_.shape[1]}); got {x.shape}")
-        return _unit_rows((x - self.mean_) @ self.components_.T)
+        # (x - mean) C^T == x C^T - mean C^T: no full-width centred copy of the chunk
+        return _unit_rows(x @ self.components_.T - self.mean_ @ self.components_.T)
 
     embed_images = _project
     embed_texts = _project
