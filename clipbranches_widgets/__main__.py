@@ -17,11 +17,19 @@ def _build(args) -> int:
     from . import build
 
     t0 = time.perf_counter()
-    if args.folder and args.embeddings:
-        raise ValueError("give --folder (pictures) or --embeddings (a clip-retrieval folder), not both")
+    sources = [flag for flag, value in (("--folder", args.folder), ("--embeddings", args.embeddings),
+                                        ("--webdataset", args.webdataset)) if value]
+    if len(sources) > 1:
+        raise ValueError(f"give one of --folder, --embeddings, --webdataset; got {' and '.join(sources)}")
     if args.embeddings:
         return _build_embeddings(args, t0)
-    if args.folder:
+    if args.webdataset:
+        cat, found = build.build_webdataset_catalog(
+            args.webdataset, args.out, model=args.model or FOLDER_MODEL, pretrained=args.pretrained or FOLDER_PRETRAINED,
+            reducer="pca" if args.reducer == "auto" else args.reducer, quantizer=args.quantizer,
+            random_state=args.random_state)
+        print(found.report())
+    elif args.folder:
         cat, found = build.build_folder_catalog(
             args.folder, args.out, model=args.model or FOLDER_MODEL,
             pretrained=args.pretrained or FOLDER_PRETRAINED,
@@ -83,17 +91,20 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build-catalog", help="build a catalog from the demo world, pictures or embeddings",
-                       description="Without --folder or --embeddings: generate the shapes world, train "
-                                   "(or load) the demo CLIP, and build a catalog. With --folder: ingest "
-                                   "your pictures and embed them with an open_clip model. With "
+                       description="Without --folder, --webdataset or --embeddings: generate the shapes "
+                                   "world, train (or load) the demo CLIP, and build a catalog. With --folder "
+                                   "(pictures) or --webdataset (img2dataset tars): embed them with an "
+                                   "open_clip model. With "
                                    "--embeddings: a clip-retrieval / LAION embedding folder (img_emb/, "
                                    "metadata/, optional text_emb/) becomes a sharded catalog; a rerun "
                                    "of an interrupted build resumes.")
     b.add_argument("out", help="catalog folder to write (replaced atomically)")
     b.add_argument("--folder", help="folder of jpg/png/webp pictures (default: the demo world)")
     b.add_argument("--embeddings", help="clip-retrieval inference output folder (img_emb/, metadata/, text_emb/)")
+    b.add_argument("--webdataset", help="img2dataset output folder (00000.tar with KEY.jpg/.txt/.json, ...): the "
+                                        "pictures are embedded with --model (resumable per tar)")
     b.add_argument("--captions", help="CSV with filename,caption columns (folder mode)")
-    b.add_argument("--model", help=f"open_clip model name or local-dir:/path (folder mode: default "
+    b.add_argument("--model", help=f"open_clip model name or local-dir:/path (folder / webdataset: default "
                                     f"{FOLDER_MODEL}; embeddings: the model that made them, for text search)")
     b.add_argument("--pretrained", help=f"open_clip pretrained tag (folder mode default: {FOLDER_PRETRAINED})")
     b.add_argument("--image-root", help="embeddings: folder the metadata's image_path values are relative to "

@@ -213,3 +213,16 @@ def test_bad_input_is_named(shards, model, tmp_path):
     (truncated / "00000.tar").write_bytes(data[:700])
     with pytest.raises(ValueError, match="00000.tar is not a readable tar file"):
         build_webdataset_catalog(truncated, tmp_path / "t", model=model, progress=False)
+
+
+def test_cli_builds_from_webdataset_tars(shards, model, tmp_path, capsys):
+    from clipbranches_widgets.__main__ import main
+
+    folder, kept = shards
+    out = tmp_path / "cli-cat"
+    assert main(["build-catalog", str(out), "--webdataset", str(folder), "--model", model, "--reducer", "pca"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(kept)} images from 3 tars" in printed and "wrote" in printed
+    assert open_catalog(out).n_items == len(kept)
+    assert main(["build-catalog", str(out), "--webdataset", str(folder), "--folder", str(folder)]) == 2
+    assert "give one of --folder, --embeddings, --webdataset" in capsys.readouterr().err
