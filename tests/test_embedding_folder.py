@@ -260,7 +260,7 @@ def test_cli_without_a_model_says_text_search_needs_one(tmp_path, capsys):
     assert "wrote 2,000 rows in 4 shards" in text and "text search needs --model/--pretrained" in text
     assert main(["build-catalog", str(tmp_path / "x"), "--embeddings", str(gen.path), "--folder",
                  str(gen.path)]) == 2
-    assert "not both" in capsys.readouterr().err
+    assert "give one of --folder, --embeddings, --webdataset" in capsys.readouterr().err
     assert main(["build-catalog", str(tmp_path / "y"), "--embeddings", str(tmp_path / "nowhere")]) == 2
     assert "is not a folder" in capsys.readouterr().err
 
@@ -368,3 +368,15 @@ def test_metadata_id_column_is_kept_as_source_id(small, tmp_path):
     cat = build_embedding_catalog(small, tmp_path / "cat", progress=False)
     page = cat.items_of([0, 599])
     assert page.column("id").to_pylist() == [0, 599] and page.column("source_id").to_pylist() == [1000, 1199]
+
+
+def test_the_generator_yields_exactly_the_rows_the_folder_holds(tmp_path):
+    from clipbranches_widgets.build.embeddings import generate_embeddings
+
+    gen = write_embedding_folder(tmp_path / "g", 5000, dim=64, rows_per_part=3000, random_state=4)
+    blocks = list(generate_embeddings(5000, dim=64, rows_per_part=3000, with_text=True, random_state=4))
+    img = np.concatenate([b[0] for b in blocks])
+    assert np.array_equal(img[:3000], np.load(gen.path / "img_emb" / f"img_emb_{gen.part_labels[0]}.npy"))
+    assert np.array_equal(np.concatenate([b[1] for b in blocks])[3000:],
+                          np.load(gen.path / "text_emb" / f"text_emb_{gen.part_labels[1]}.npy"))
+    assert sum(b[2].num_rows for b in blocks) == 5000

@@ -603,6 +603,76 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+class _World:
+    """The generator's concepts: cluster centres, their names, a text "modality gap", cluster sizes."""
+
+    def __init__(self, dim: int, n_clusters: int, random_state: int):
+        rng = np.random.default_rng([random_state, 0])
+        self.dim, self.n_clusters, self.random_state = dim, n_clusters, random_state
+        self.noun_of = np.arange(n_clusters) % len(NOUNS)
+        self.names = [f"{COLOURS[c // len(NOUNS)]} {NOUNS[self.noun_of[c]]}" for c in range(n_clusters)]
+        topics = _unit(rng.standard_normal((len(NOUNS), dim)))
+        self.centres = _unit(0.6 * topics[self.noun_of]
+                             + 0.8 * _unit(rng.standard_normal((n_clusters, dim)))).astype(np.float32)
+        self.gap = (0.8 * _unit(rng.standard_normal(dim))).astype(np.float32)
+        weights = 1.0 / np.sqrt(1.0 + rng.permutation(n_clusters))  # uneven cluster sizes
+        self.weights = weights / weights.sum()
+
+    def rows(self, prng, s: int, e: int, with_text: bool):
+        """Rows ``s .. e-1``: (image embeddings float32, text embeddings or None, metadata Table)."""
+        import pyarrow as pa
+
+        n, dim = e - s, self.dim
+        cluster = prng.choice(self.n_clusters, size=n, p=self.weights)
+        noise = prng.standard_normal((n, dim), dtype=np.float32)
+        x = _unit(self.centres[cluster] + noise * np.float32(1.0 / math.sqrt(dim)))
+        t = None
+        if with_text:
+            noise = prng.standard_normal((n, dim), dtype=np.float32)
+            t = _unit(x + 0.5 * self.centres[cluster] + self.gap + noise * np.float32(0.6 / math.sqrt(dim)))
+        template = prng.integers(0, len(TEMPLATES), n)
+        keys = [f"{i:09d}" for i in range(s, e)]
+        meta = pa.table({
+            "image_path": [f"images/{k}.jpg" for k in keys],
+            "caption": [TEMPLATES[t_].format(self.names[c]) for t_, c in zip(template, cluster)],
+            "url": [f"https://example.com/{NOUNS[self.noun_of[c]]}/{k}.jpg" for k, c in zip(keys, cluster)],
+            "key": keys,
+            "width": prng.integers(200, 1600, n).astype(np.int32),
+            "height": prng.integers(200, 1600, n).astype(np.int32),
+            "cluster": cluster.astype(np.int32)}, schema=_generated_schema())
+        return x, t, meta
+
+
+def _generated_schema():
+    """The metadata columns the generator writes (as clip-retrieval's writer names them, plus ``cluster``)."""
+    import pyarrow as pa
+
+    return pa.schema([("image_path", pa.string()), ("caption", pa.string()), ("url", pa.string()),
+                      ("key", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("cluster", pa.int32())])
+
+
+def _check_generator_args(n_rows: int, rows_per_part: int, dim: int, n_clusters: int) -> None:
+    if n_rows < 1 or rows_per_part < 1 or not 1 <= n_clusters <= len(COLOURS) * len(NOUNS) or dim < 2:
+        raise ValueError(f"need n_rows >= 1, rows_per_part >= 1, dim >= 2 and 1 <= n_clusters <= "
+                         f"{len(COLOURS) * len(NOUNS)}; got {n_rows}, {rows_per_part}, {dim}, {n_clusters}")
+
+
+def generate_embeddings(n_rows: int, *, dim: int = 512, rows_per_part: int = 1_000_000, dtype=np.float16,
+                        with_text: bool = False, n_clusters: int = 24, random_state: int = 0):
+    """Yield ``(image embeddings, text embeddings or None, metadata)`` blocks of at most ``GEN_CHUNK``
+    rows, ``n_rows`` in all: exactly the rows :func:`write_embedding_folder` writes with the same
+    arguments, without the disk (a 100M x 512 float16 folder is 100 GB). For ingesting from a generator."""
+    _check_generator_args(int(n_rows), int(rows_per_part), dim, n_clusters)
+    world = _World(dim, n_clusters, random_state)
+    dtype = np.dtype(dtype)
+    for p in range(math.ceil(n_rows / rows_per_part)):
+        start, stop = p * rows_per_part, min(n_rows, (p + 1) * rows_per_part)
+        prng = np.random.default_rng([random_state, 1, p])  # parts independent: any one can be regenerated
+        for s in range(start, stop, GEN_CHUNK):
+            x, t, meta = world.rows(prng, s, min(stop, s + GEN_CHUNK), with_text)
+            yield x.astype(dtype), None if t is None else t.astype(dtype), meta
+
+
 def write_embedding_folder(path, n_rows: int, *, dim: int = 512, rows_per_part: int = 1_000_000,
                            dtype=np.float16, with_text: bool = True, n_clusters: int = 24,
                            random_state: int = 0, progress: bool = False) -> GeneratedFolder:
@@ -617,67 +687,39 @@ def write_embedding_folder(path, n_rows: int, *, dim: int = 512, rows_per_part: 
     names them (``P`` zero-padded to the width of the part count) and written ``GEN_CHUNK`` rows at
     a time, so memory stays bounded at any size. Deterministic in ``random_state``.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     n_rows, rows_per_part = int(n_rows), int(rows_per_part)
-    if n_rows < 1 or rows_per_part < 1 or not 1 <= n_clusters <= len(COLOURS) * len(NOUNS) or dim < 2:
-        raise ValueError(f"need n_rows >= 1, rows_per_part >= 1, dim >= 2 and 1 <= n_clusters <= "
-                         f"{len(COLOURS) * len(NOUNS)}; got {n_rows}, {rows_per_part}, {dim}, {n_clusters}")
+    _check_generator_args(n_rows, rows_per_part, dim, n_clusters)
     dtype = np.dtype(dtype)
     folder = Path(path)
-    rng = np.random.default_rng([random_state, 0])
-    noun_of = np.arange(n_clusters) % len(NOUNS)
-    names = [f"{COLOURS[c // len(NOUNS)]} {NOUNS[noun_of[c]]}" for c in range(n_clusters)]
-    topics = _unit(rng.standard_normal((len(NOUNS), dim)))
-    centres = _unit(0.6 * topics[noun_of] + 0.8 * _unit(rng.standard_normal((n_clusters, dim)))).astype(np.float32)
-    gap = (0.8 * _unit(rng.standard_normal(dim))).astype(np.float32)
-    weights = 1.0 / np.sqrt(1.0 + rng.permutation(n_clusters))  # uneven cluster sizes
-    weights /= weights.sum()
-
     n_parts = math.ceil(n_rows / rows_per_part)
     width = int(math.log10(n_parts)) + 1  # clip-retrieval's zero padding
     labels = [str(p).zfill(width) for p in range(n_parts)]
     for sub in ("img_emb", "metadata") + (("text_emb",) if with_text else ()):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([("image_path", pa.string()), ("caption", pa.string()), ("url", pa.string()),
-                        ("key", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-                        ("cluster", pa.int32())])
-    bar = _tqdm()(total=n_rows, desc="generate embeddings", unit="row", disable=not progress)
-    with bar:
+    blocks = generate_embeddings(n_rows, dim=dim, rows_per_part=rows_per_part, dtype=dtype, with_text=with_text,
+                                 n_clusters=n_clusters, random_state=random_state)
+    with _tqdm()(total=n_rows, desc="generate embeddings", unit="row", disable=not progress) as bar:
         for p, label in enumerate(labels):
-            start, stop = p * rows_per_part, min(n_rows, (p + 1) * rows_per_part)
-            prng = np.random.default_rng([random_state, 1, p])  # parts independent: any one can be regenerated
+            rows = min(n_rows, (p + 1) * rows_per_part) - p * rows_per_part
             img = np.lib.format.open_memmap(folder / "img_emb" / f"img_emb_{label}.npy", mode="w+",
-                                            dtype=dtype, shape=(stop - start, dim))
+                                            dtype=dtype, shape=(rows, dim))
             txt = (np.lib.format.open_memmap(folder / "text_emb" / f"text_emb_{label}.npy", mode="w+",
-                                             dtype=dtype, shape=(stop - start, dim)) if with_text else None)
-            with pq.ParquetWriter(folder / "metadata" / f"metadata_{label}.parquet", schema) as meta:
-                for s in range(start, stop, GEN_CHUNK):
-                    e = min(stop, s + GEN_CHUNK)
-                    n = e - s
-                    cluster = prng.choice(n_clusters, size=n, p=weights)
-                    noise = prng.standard_normal((n, dim), dtype=np.float32)
-                    x = _unit(centres[cluster] + noise * np.float32(1.0 / math.sqrt(dim)))
-                    img[s - start:e - start] = x
+                                             dtype=dtype, shape=(rows, dim)) if with_text else None)
+            with pq.ParquetWriter(folder / "metadata" / f"metadata_{label}.parquet", _generated_schema()) as meta:
+                done = 0
+                while done < rows:
+                    x, t, table = next(blocks)
+                    img[done:done + x.shape[0]] = x
                     if with_text:
-                        noise = prng.standard_normal((n, dim), dtype=np.float32)
-                        t = x + 0.5 * centres[cluster] + gap + noise * np.float32(0.6 / math.sqrt(dim))
-                        txt[s - start:e - start] = _unit(t)
-                    template = prng.integers(0, len(TEMPLATES), n)
-                    keys = [f"{i:09d}" for i in range(s, e)]
-                    meta.write_table(pa.table({
-                        "image_path": [f"images/{k}.jpg" for k in keys],
-                        "caption": [TEMPLATES[t].format(names[c]) for t, c in zip(template, cluster)],
-                        "url": [f"https://example.com/{NOUNS[noun_of[c]]}/{k}.jpg" for k, c in zip(keys, cluster)],
-                        "key": keys,
-                        "width": prng.integers(200, 1600, n).astype(np.int32),
-                        "height": prng.integers(200, 1600, n).astype(np.int32),
-                        "cluster": cluster.astype(np.int32)}, schema=schema))
-                    bar.update(n)
+                        txt[done:done + x.shape[0]] = t
+                    meta.write_table(table)
+                    done += x.shape[0]
+                    bar.update(x.shape[0])
             img.flush()
             del img
             if with_text:
                 txt.flush()
                 del txt
-    return GeneratedFolder(folder, n_rows, dim, labels, names)
+    return GeneratedFolder(folder, n_rows, dim, labels, _World(dim, n_clusters, random_state).names)
