@@ -18,7 +18,6 @@ the file that is missing, truncated, corrupt or inconsistent.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import staging_dir, writer_lock
-from .base import CatalogBase, check_ids, check_k
+from .base import CatalogBase, check_ids, check_k, sha256_file
 from .quantize import GlobalQuantizer, quantizer_from_dict
 from .sharded import is_sharded, open_sharded
 from .thumbnails import StoredThumbnails, thumbnail_source
@@ -36,14 +35,6 @@ FORMAT = "clipbranches.catalog"
 VERSION = 1
 #: files up to this size are hashed on open; larger ones are checked by size only (``verify="hash"`` forces it)
 HASH_ON_OPEN_MAX_BYTES = 256 * 2**20
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = None, thumbnails=None,
@@ -103,7 +94,7 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
                 files.append(name)
             manifest = {"format": FORMAT, "version": VERSION, "n_items": n, "dim": dim,
                         "quantizer": quantizer.to_dict(), "encoder": encoder, "extra": extra or {},
-                        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+                        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
                                   for name in files}}
             (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if not staged.published:
@@ -289,7 +280,7 @@ def open_catalog(path, *, verify: str = "auto", image_root=None, client=None) ->
         if size != info.get("bytes"):
             raise ValueError(f"catalog file {fpath} has {size} bytes; the manifest says {info.get('bytes')} (truncated or replaced?)")
         if verify == "hash" or (verify == "auto" and size <= HASH_ON_OPEN_MAX_BYTES):
-            if _sha256(fpath) != info.get("sha256"):
+            if sha256_file(fpath) != info.get("sha256"):
                 raise ValueError(f"catalog file {fpath} does not match its checksum in the manifest (corrupt or replaced)")
     try:
         codes = np.load(folder / "codes.npy", mmap_mode="r", allow_pickle=False)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_write_text, writer_lock
-from .base import CatalogBase, check_ids
+from .base import CatalogBase, check_ids, sha256_file
 from .quantize import GlobalQuantizer, quantizer_from_dict
 
 FORMAT = "clipbranches.sharded-catalog"
@@ -40,14 +40,6 @@ SHARD_ROWS = 4_000_000
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_sharded(manifest: dict) -> bool:
@@ -102,7 +94,7 @@ class ShardedCatalog(CatalogBase):
                 mpath = folder / "manifest.json"
                 if not mpath.is_file():
                     raise ValueError(f"shard {folder} of catalog {self.path} is missing")
-                if _sha256_file(mpath) != self._shard_sha[j]:
+                if sha256_file(mpath) != self._shard_sha[j]:
                     raise ValueError(f"shard {folder} does not match the catalog's manifest (replaced or corrupt)")
                 cat = open_catalog(folder, verify=self._verify, image_root=self._tile_root())
                 if cat.n_items != self.offsets[j + 1] - self.offsets[j] or cat.dim != self.dim:
@@ -220,7 +212,7 @@ def open_sharded(folder: Path, manifest: dict, *, verify: str = "auto", image_ro
 
     for name, info in files.items():
         fpath = catalog_file(folder, name)
-        if fpath.stat().st_size != info.get("bytes") or (verify != "size" and _sha256_file(fpath) != info.get("sha256")):
+        if fpath.stat().st_size != info.get("bytes") or (verify != "size" and sha256_file(fpath) != info.get("sha256")):
             raise ValueError(f"catalog file {fpath} does not match its size or checksum in the manifest")
     return ShardedCatalog(folder, manifest, verify=verify, image_root=image_root)
 
@@ -327,7 +319,7 @@ class ShardedCatalogWriter:
         items = pa.concat_tables(self._items, promote_options="default")
         write_catalog(self.partial / name, codes, items, quantizer=self.quantizer)
         self._shards.append({"name": name, "n_items": int(codes.shape[0]),
-                             "manifest_sha256": _sha256_file(self.partial / name / "manifest.json")})
+                             "manifest_sha256": sha256_file(self.partial / name / "manifest.json")})
         self._codes, self._items, self._buffered = [], [], 0
         atomic_write_text(self.partial / "progress.json", json.dumps(
             {"build_id": self.build_id, "shard_rows": self.shard_rows, "shards": self._shards}, indent=1))
