@@ -478,3 +478,31 @@ def test_catalog_switch_resets_suggestions(tiny_catalog, tiny_catalog_path):
     app.catalog_select.value = "second"
     assert app.suggestions is None and app.view.value == "answer" and app.grid.notes == {}
     assert app.next_button.disabled and app.view.disabled
+
+
+def test_the_app_on_a_sharded_catalog_of_embeddings_without_pictures_or_text_encoder(tmp_path):
+    """A clip-retrieval catalog as big collections arrive: no pixels, no text encoder. Search by
+    item, mark, fine-tune and Label next work; tiles are caption tiles; text search says why not."""
+    from clipbranches_widgets.build.embeddings import build_embedding_catalog, write_embedding_folder
+
+    gen = write_embedding_folder(tmp_path / "emb", 3000, dim=64, rows_per_part=1000, with_text=False, random_state=2)
+    cat = build_embedding_catalog(gen.path, tmp_path / "cat", shard_rows=1200, sample_rows=2000, progress=False)
+    truth = np.asarray(cat.items_of(np.arange(cat.n_items)).column("cluster"))
+    app = SearchApp(cat.path, warm_up=False, random_state=0)
+    assert not app.catalog.has_thumbnails and app.catalog.n_shards == 3
+    app.query.value = "a red car"
+    app.search_button.click()
+    assert "--model/--pretrained" in _error(app) and "#123" in _error(app)
+    app.query.value = "#5"  # the way in without a text encoder: items like item 5
+    app.search_button.click()
+    assert app.session.query == {"type": "image", "item_id": 5}
+    shown = app.grid.shown_ids
+    assert len(shown) == app.k and "cb-error" not in app.error.value
+    app.grid.set_label([i for i in shown if truth[i] == truth[5]], "pos")
+    app.grid.set_label([i for i in shown if truth[i] != truth[5]], "neg")
+    app.refine_button.click()
+    result = app.session.last_result
+    assert "cb-error" not in app.error.value and result.count > 0
+    assert np.mean(truth[result.ids] == truth[5]) > 0.8  # the answer is mostly the marked concept
+    app.next_button.click()
+    assert "cb-error" not in app.error.value and len(app.grid.shown_ids) == app.k

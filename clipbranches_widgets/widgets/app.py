@@ -46,6 +46,7 @@ import html
 import io
 import logging
 import os
+import re
 import threading
 import time
 import warnings
@@ -241,7 +242,7 @@ class SearchApp(widgets.VBox):
         top = widgets.HBox([self.title, self.catalog_select, self.warmup_note],
                            layout=widgets.Layout(align_items="center", flex_flow="row wrap"))
 
-        self.query = widgets.Text(placeholder="Describe what you are looking for, e.g. a red star",
+        self.query = widgets.Text(placeholder="Describe what you are looking for (a red star), or #123 for an item",
                                   layout=widgets.Layout(width="380px"), continuous_update=False)
         self.query.add_class("cb-query")
         with warnings.catch_warnings():  # on_submit is deprecated in ipywidgets 8 but is the only Enter hook
@@ -550,7 +551,16 @@ class SearchApp(widgets.VBox):
         text = self.query.value
         if not text.strip():
             raise ValueError("Type a query first (the search box is empty).")
-        result = session.text_search(text, k=self.k)
+        item = re.fullmatch(r"\s*#\s*(\d+)\s*", text)
+        if item:  # "#123": items like catalog item 123 (the way in where a catalog has no text encoder)
+            result = session.image_search(int(item.group(1)), k=self.k)
+        else:
+            try:
+                result = session.text_search(text, k=self.k)
+            except ValueError as exc:
+                if "records no query encoder" in str(exc):
+                    raise ValueError(f"{exc}. Search by an item instead: type #123 (an item id).") from None
+                raise
         self._after_search(result)
 
     def _do_similar_tile(self, item: int) -> None:
