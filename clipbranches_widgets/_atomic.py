@@ -8,6 +8,7 @@ a temporary name next to its final place and renamed into place only once comple
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -144,3 +145,12 @@ def writer_lock(target):
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race a waiting writer)
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks (how catalogs and indexes check their files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -143,10 +143,29 @@ def test_corrupt_files_raise(tmp_path):
     (folder / "meta.json").write_text("{not json")
     with pytest.raises(ValueError, match="meta.json"):
         BoxIndex.open(folder, codes)
-    meta = {"format": "clipbranches.BoxIndex", "version": 1, "n_items": 2000, "n_features": 32,
+    meta = {"format": "clipbranches.BoxIndex", "version": 2, "n_items": 2000, "n_features": 32,
             "subsets": [[0, 99]], "leaf_size": 256, "segment_size": 65536}
     (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="meta.json"):
+        BoxIndex.open(folder, codes)
+
+
+def test_flipped_bytes_of_the_right_size_are_caught_on_load(tmp_path):
+    codes = catalog(3000, "clustered", seed=8)
+    folder = BoxIndex.build(codes, SUBSETS[:3], tmp_path).folder
+    for name in ("perm.npy", "bounds.npy", "sample.npy"):
+        original = (folder / name).read_bytes()
+        flipped = bytearray(original)
+        flipped[-5] ^= 0xFF  # same size, a wrong row id / bound: silently wrong answers if trusted
+        (folder / name).write_bytes(bytes(flipped))
+        with pytest.raises(ValueError, match=f"{name} does not match its checksum"):
+            BoxIndex.build(codes, SUBSETS[:3], tmp_path)
+        (folder / name).write_bytes(original)
+    assert BoxIndex.build(codes, SUBSETS[:3], tmp_path).loaded
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["sha256"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="lists no checksums"):
         BoxIndex.open(folder, codes)
 
 

@@ -8,20 +8,10 @@ top of the primitives each kind provides: one folder (:class:`~.folder.Catalog`)
 
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
 
 import numpy as np
-
-
-def sha256_file(path) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_k(k) -> int:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import staging_dir, writer_lock
-from .base import CatalogBase, check_ids, check_k, sha256_file
+from .._atomic import sha256_file, staging_dir, writer_lock
+from .base import CatalogBase, check_ids, check_k
 from .quantize import GlobalQuantizer, quantizer_from_dict
 from .sharded import is_sharded, open_sharded
 from .thumbnails import StoredThumbnails, thumbnail_source

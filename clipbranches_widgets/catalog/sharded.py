@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_write_text, writer_lock
-from .base import CatalogBase, check_ids, sha256_file
+from .._atomic import atomic_write_text, sha256_file, writer_lock
+from .base import CatalogBase, check_ids
 from .quantize import GlobalQuantizer, quantizer_from_dict
 
 FORMAT = "clipbranches.sharded-catalog"

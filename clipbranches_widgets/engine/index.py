@@ -38,15 +38,17 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .._atomic import staging_dir
+from .._atomic import sha256_file, staging_dir
 from ._validation import check_codes, check_subsets
 from .boxes import BoxSet, rank
 from .result import SearchResult
 from .scan import check_box_set_dims, scan_votes, score_hits
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json holds each file's sha256
 _FORMAT_NAME = "clipbranches.BoxIndex"
 _FILES = ("perm.npy", "bounds.npy", "sample.npy")
+#: index files up to this total size are checked against their checksums on open (larger: sizes only)
+HASH_ON_OPEN_MAX_BYTES = 512 * 2**20
 
 #: rows of the planner's fixed random sample
 SAMPLE_SIZE = 4096
@@ -430,6 +432,7 @@ class BoxIndex:
         with staging_dir(folder) as staged:
             for name, arr in zip(_FILES, (index.perm, index.bounds, index.sample)):
                 np.save(staged.path / name, arr, allow_pickle=False)
+            meta["sha256"] = {name: sha256_file(staged.path / name) for name in _FILES}
             # meta.json last: a folder with meta.json is complete (and only whole folders are published)
             (staged.path / "meta.json").write_text(json.dumps(meta, indent=1))
         if not staged.published:  # another process published the same key first: use theirs
@@ -459,8 +462,8 @@ class BoxIndex:
 
     @classmethod
     def open(cls, folder, codes) -> "BoxIndex":
-        """Memory-map a saved index folder for ``codes`` (the catalog it was built on; its shape is
-        checked, its content is trusted: use ``build(path=...)`` to have it checked by hash)."""
+        """Memory-map a saved index folder for ``codes`` (the catalog it was built on): its shape is
+        checked, and its files against their checksums (up to HASH_ON_OPEN_MAX_BYTES in all)."""
         folder = Path(folder)
         codes = check_codes(codes, name="codes")
         meta_path = folder / "meta.json"
@@ -486,6 +489,14 @@ class BoxIndex:
         if codes.shape != (n, d):
             raise ValueError(f"index {folder} was built for codes of shape {(n, d)}; got {codes.shape}")
         _, n_nodes_max, _, n_bounds = _layout(n, subsets, leaf_size, segment_size)
+        sums = meta.get("sha256")
+        if not isinstance(sums, dict) or set(sums) != set(_FILES):
+            raise ValueError(f"index file {meta_path} lists no checksums (rebuild the index)")
+        if sum(os.path.getsize(folder / name) for name in _FILES if (folder / name).is_file()) <= HASH_ON_OPEN_MAX_BYTES:
+            for name in _FILES:  # flipped bytes of the right size would give wrong answers silently
+                if (folder / name).is_file() and sha256_file(folder / name) != sums[name]:
+                    raise ValueError(f"index file {folder / name} does not match its checksum (corrupt): "
+                                     f"delete {folder} to rebuild it")
         perm = _load_npy(folder, "perm.npy", (len(subsets), n), np.uint16)
         bounds = _load_npy(folder, "bounds.npy", (n_bounds,), np.uint8)
         sample = _load_npy(folder, "sample.npy", (min(n, SAMPLE_SIZE),), np.int64)
