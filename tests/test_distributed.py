@@ -29,9 +29,15 @@ N, SHARD = 5000, 1000
 
 @pytest.fixture(scope="module")
 def client():
+    # Dask's nanny sets OMP/MKL/OPENBLAS_NUM_THREADS=1 in THIS process's environment when it spawns
+    # workers (distributed.nanny.pre-spawn-environ) and never unsets them: torch, started later in
+    # the test run, would then run single-threaded and give other floats. Put the environment back.
+    saved = dict(os.environ)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   host="127.0.0.1") as cluster, distributed.Client(cluster) as client:
         yield client
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")

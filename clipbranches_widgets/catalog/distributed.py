@@ -487,7 +487,7 @@ def _rows_on_worker(spec: CatalogSpec, shards: list, local_rows: list) -> list:
 
 def _items_on_worker(spec: CatalogSpec, shards: list, local_rows: list) -> list:
     host = _host()
-    return [host.shard(spec, j).items.take(rows) for j, rows in zip(shards, local_rows)]
+    return [host.shard(spec, j).items_of(rows) for j, rows in zip(shards, local_rows)]
 
 
 def _tile_on_worker(spec: CatalogSpec, shards: list, local_rows: list) -> list:

@@ -27,6 +27,7 @@ import numpy as np
 
 from .._atomic import sha256_file, staging_dir, writer_lock
 from .base import CatalogBase, check_ids, check_k
+from .items import ROW_GROUP_ROWS, ItemsFile
 from .quantize import GlobalQuantizer, quantizer_from_dict
 from .sharded import is_sharded, open_sharded
 from .thumbnails import StoredThumbnails, thumbnail_source
@@ -75,7 +76,7 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
         with staging_dir(staged_final) as staged:
             folder = staged.path
             np.save(folder / "codes.npy", codes, allow_pickle=False)
-            pq.write_table(table, folder / "items.parquet")
+            pq.write_table(table, folder / "items.parquet", row_group_size=ROW_GROUP_ROWS)
             files = ["codes.npy", "items.parquet"]
             if thumbnails is not None:
                 offsets = np.zeros(n + 1, np.int64)
@@ -112,8 +113,8 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
 class Catalog(CatalogBase):
     """An opened catalog folder (see :func:`open_catalog`).
 
-    Attributes: path, manifest, codes (memory-mapped uint8 (N, d)), items (pyarrow Table),
-    quantizer, n_items, dim.
+    Attributes: path, manifest, codes (memory-mapped uint8 (N, d)), items (the whole items table,
+    read on first use; :meth:`items_of` reads only the rows asked for), quantizer, n_items, dim.
     """
 
     def __init__(self, path: Path, manifest: dict, codes: np.ndarray, items, thumb_offsets, image_root=None):
@@ -121,7 +122,7 @@ class Catalog(CatalogBase):
         self.path = path
         self.manifest = manifest
         self.codes = codes
-        self.items = items
+        self._items = items
         self.quantizer = quantizer_from_dict(manifest["quantizer"])
         self._thumb_offsets = thumb_offsets
         self._image_root = image_root
@@ -135,6 +136,11 @@ class Catalog(CatalogBase):
         return int(self.codes.shape[0])
 
     @property
+    def items(self):
+        """The whole items table (pyarrow), read on first use and kept."""
+        return self._items.table()
+
+    @property
     def dim(self) -> int:
         return int(self.codes.shape[1])
 
@@ -143,7 +149,7 @@ class Catalog(CatalogBase):
         """Where this catalog's tiles come from (:mod:`clipbranches_widgets.catalog.thumbnails`)."""
         with self._lock:
             if self._thumbnails is None:
-                self._thumbnails = thumbnail_source(self.path, self.manifest, self.items, self._thumb_offsets,
+                self._thumbnails = thumbnail_source(self.path, self.manifest, self._items, self._thumb_offsets,
                                                     self._image_root)
             return self._thumbnails
 
@@ -166,7 +172,7 @@ class Catalog(CatalogBase):
         return np.ascontiguousarray(self.codes[check_ids(ids, self.n_items)])
 
     def items_of(self, ids):
-        return self.items.take(check_ids(ids, self.n_items))
+        return self._items.take(check_ids(ids, self.n_items))
 
     def search_vectors(self, queries, k: int = 60, *, exclude=None):
         return self.nearest().search(queries, k=k, exclude=exclude)
@@ -242,8 +248,6 @@ def open_catalog(path, *, verify: str = "auto", image_root=None, client=None) ->
     catalog is served by its workers (:func:`~.distributed.open_distributed`; the path must be on a
     filesystem they share). Raises ValueError naming the bad file.
     """
-    import pyarrow.parquet as pq
-
     if verify not in ("auto", "hash", "size"):
         raise ValueError(f"verify must be 'auto', 'hash' or 'size'; got {verify!r}")
     if client is not None:  # shards served by Dask workers; dask is imported only when asked for
@@ -290,7 +294,7 @@ def open_catalog(path, *, verify: str = "auto", image_root=None, client=None) ->
         raise ValueError(f"catalog file {folder / 'codes.npy'} holds {codes.dtype} {codes.shape}; "
                          f"the manifest says uint8 {(n, dim)}")
     try:
-        items = pq.read_table(folder / "items.parquet")
+        items = ItemsFile(folder / "items.parquet")  # metadata only: rows are read when asked for
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise ValueError(f"catalog file {folder / 'items.parquet'} is not readable: {exc}") from None
     if items.num_rows != n or "id" not in items.column_names:

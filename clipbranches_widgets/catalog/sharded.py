@@ -137,10 +137,10 @@ class ShardedCatalog(CatalogBase):
 
         ids = check_ids(ids, self.n_items)
         if ids.shape[0] == 0:
-            return self.shard(0).items.slice(0, 0)
+            return self.shard(0).items_of([])
         parts, order = [], []
         for j, where, local in self._by_shard(ids):
-            parts.append(self.shard(j).items.take(local))
+            parts.append(self.shard(j).items_of(local))
             order.append(where)
         table = pa.concat_tables(parts, promote_options="default")
         table = table.take(np.argsort(np.concatenate(order), kind="stable"))

@@ -59,6 +59,11 @@ class StoredThumbnails:
         return os.pread(self._file.fileno(), stop - start, start)  # positional: safe across threads
 
 
+def _cell(items, i: int, column: str):
+    """One value of an items table (a pyarrow Table, or a catalog's ItemsFile read by row group)."""
+    return items.take([i]).column(column)[0].as_py()
+
+
 class CaptionTiles:
     """A text tile per item: its caption (or title, url, key, path), wrapped on a plain square."""
 
@@ -70,7 +75,7 @@ class CaptionTiles:
         self.side = side
 
     def text(self, i: int) -> str:
-        value = None if self.column is None else self.items.column(self.column)[i].as_py()
+        value = None if self.column is None else _cell(self.items, i, self.column)
         return f"item {i}" if value in (None, "") else str(value)
 
     def thumbnail(self, i: int) -> bytes:
@@ -97,12 +102,12 @@ class ImageFiles:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ValueError(f"image root {self.root} is not a folder")
-        self.paths = items.column("image_path")
+        self.items = items
         self.side = side
         self.fallback = CaptionTiles(items, side)
 
     def file(self, i: int) -> Path | None:
-        rel = self.paths[i].as_py()
+        rel = _cell(self.items, i, "image_path")
         if not rel:
             return None
         path = (self.root / rel).resolve()
