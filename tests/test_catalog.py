@@ -156,3 +156,19 @@ def test_box_index_falls_back_to_the_cache_then_memory(tmp_path, monkeypatch):
     X, y = codes[:60], np.r_[np.ones(10, int), np.zeros(50, int)]
     m = DecisionBranches(random_state=0).fit(X, y)
     assert sorted(index.search(m).ids.tolist()) == np.flatnonzero(m.predict(codes)).tolist()
+
+
+def test_items_are_read_by_row_group_and_pinned(tmp_path):
+    n = 150_000  # three row groups of 65,536 rows
+    codes = np.zeros((n, 32), np.uint8)
+    write_catalog(tmp_path / "c", codes, pa.table({"caption": [f"old {i}" for i in range(n)]}))
+    cat = open_catalog(tmp_path / "c")
+    ids = np.array([149_999, 3, 65_536, 3, 70_000, 0])
+    page = cat.items_of(ids)
+    assert page.column("caption").to_pylist() == [f"old {i}" for i in ids] and page.column("id").to_pylist() == ids.tolist()
+    assert cat._items._table is None  # a page never loads the whole table
+    assert cat.items_of([]).num_rows == 0 and cat.items_of([]).column_names == ["id", "caption"]
+    write_catalog(tmp_path / "c", codes, pa.table({"caption": [f"new {i}" for i in range(n)]}))
+    assert cat.items_of([5]).column("caption")[0].as_py() == "old 5"  # the file it opened, not the rebuild
+    assert cat.items.num_rows == n and cat.items.column("caption")[7].as_py() == "old 7"
+    assert open_catalog(tmp_path / "c").items_of([5]).column("caption")[0].as_py() == "new 5"
