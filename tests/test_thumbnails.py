@@ -69,3 +69,12 @@ def test_an_opened_catalog_keeps_its_thumbnails_through_an_in_place_rebuild(tmp_
     assert [cat.thumbnail(0), cat.thumbnail(1)] == old  # the old files, matching the old captions
     assert isinstance(cat.thumbnails, StoredThumbnails) and cat.items.column("caption")[0].as_py() == "a"
     assert open_catalog(tmp_path / "cat").thumbnail(1) == b"\x08" * 9
+
+
+def test_a_hostile_demo_world_spec_is_refused_before_allocating(tmp_path):
+    for spec, message in [({"image_size": 200000, "seed": 1, "objects_per_image": {"1": 1.0}}, "image_size"),
+                          ({"image_size": 64, "seed": "x", "objects_per_image": {"1": 1.0}}, "seed"),
+                          ({"image_size": 64, "seed": 1, "objects_per_image": {"0": 1.0}}, "objects_per_image")]:
+        write_catalog(tmp_path / "w", _codes(1), pa.table({"caption": ["x"]}), extra={"demo_world": spec})
+        with pytest.raises(ValueError, match=message):
+            open_catalog(tmp_path / "w").thumbnail(0)

@@ -263,9 +263,18 @@ def world_spec(world: "ShapesWorld") -> dict:
             "objects_per_image": {str(k): v for k, v in world.objects_per_image.items()}}
 
 
+#: the largest picture a manifest may ask the demo world to render (a hostile 200000 would allocate 596 GiB)
+MAX_IMAGE_SIZE = 1024
+
+
 def world_from_spec(spec: dict) -> "ShapesWorld":
-    return ShapesWorld(seed=spec["seed"], image_size=spec["image_size"],
-                       objects_per_image={int(k): v for k, v in spec["objects_per_image"].items()})
+    """The world a manifest's spec names, its sizes checked before anything is allocated."""
+    size, seed = spec.get("image_size"), spec.get("seed")
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"demo world image_size must be an integer in 16..{MAX_IMAGE_SIZE}; got {size!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"demo world seed must be an integer; got {seed!r}")
+    return ShapesWorld(seed=seed, image_size=size, objects_per_image=spec.get("objects_per_image"))
 
 
 def world_of(catalog) -> "ShapesWorld | None":
