@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_demo import machine  # noqa: E402
+from quality_demo import machine, repo_path  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TMP = Path(__file__).resolve().parent / "tmp"
@@ -200,7 +200,7 @@ def markdown(result: dict) -> str:
     mib = 2**20
     lines = ["# A sharded catalog on Dask workers vs one process", "",
              f"Re-run: `.venv/bin/python benchmarks/bench_dask.py --rows {result['n_rows']} --shard-rows "
-             f"{result['shard_rows']} --repeats {result['repeats']}`. Machine: {m['cpu']}, {m['cores']} cores, "
+             f"{result['shard_rows']} --repeats {result['repeats']}{result.get('out_arg', '')}`. Machine: {m['cpu']}, {m['cores']} cores, "
              f"{m['memory_gib']:.1f} GiB, Python {m['python']}, {m['date']}, commit {m['commit']}. Load average "
              f"(1 min) {result['load_before'][0]:.1f} before, {result['load_after'][0]:.1f} after (the machine is "
              f"shared: other work ran alongside).", "",
@@ -250,6 +250,7 @@ def main():
     info = machine()
     info["memory_gib"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     result = {"machine": info, "n_rows": args.rows, "shard_rows": args.shard_rows, "repeats": args.repeats,
+              "out_arg": "" if args.out == RESULTS else f" --out {repo_path(args.out)}",
               "load_before": os.getloadavg()}
     path = TMP / f"dask-{args.rows}-{args.shard_rows}"
     try:
