@@ -9,6 +9,7 @@ an opened catalog keeps reading the items it was opened with even if the folder 
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ class ItemsFile:
 
         self.path = Path(path)
         self._file = open(self.path, "rb")
+        weakref.finalize(self, self._file.close)  # closed with the catalog that dropped it
         self._parquet = pq.ParquetFile(self._file)
         meta = self._parquet.metadata
         self.num_rows = int(meta.num_rows)

@@ -20,6 +20,7 @@ import importlib
 import io
 import os
 import textwrap
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ class StoredThumbnails:
         self.path = Path(path)
         self.offsets = offsets
         self._file = open(self.path, "rb")
+        weakref.finalize(self, self._file.close)
 
     def thumbnail(self, i: int) -> bytes:
         start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
