@@ -109,3 +109,12 @@ def test_page_round_trips_and_rejects_bad_probabilities():
     assert back.ids.tolist() == [3, 5] and back.pi.tolist() == [0.5, 1.0]
     with pytest.raises(ValueError, match="inclusion probability"):
         Page.from_dict({"ids": [1, 2], "pi": [0.5, 0.0]})
+
+
+def test_the_explored_neighbourhood_grows_with_the_answer_up_to_a_cap():
+    from clipbranches_widgets.exploration import MAX_NEIGHBOURHOOD, NEIGHBOURHOOD, neighbourhood_size
+
+    assert neighbourhood_size(50_000, 100) == NEIGHBOURHOOD
+    assert neighbourhood_size(50_000, 5_000) == 20_000
+    assert neighbourhood_size(3_000, 5_000) == 3_000
+    assert neighbourhood_size(100_000_000, 4_000_000) == MAX_NEIGHBOURHOOD
