@@ -96,6 +96,8 @@ def test_pca_reducer_matches_sklearn():
     assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
     with pytest.raises(ValueError, match="not fitted"):
         PCAReducer(32).embed_texts(x)
+    with pytest.raises(ValueError, match="needs at least 33 pictures; got 20"):  # never a silent 20-dim catalog
+        PCAReducer(32).fit(x[:20])
 
 
 def test_train_demo_clip_is_deterministic_and_validates():

@@ -109,7 +109,7 @@ def count_encoder_calls(monkeypatch):
 def test_build_keeps_metadata_thumbnails_and_reports_skips(shards, model, tmp_path):
     folder, kept = shards
     out = tmp_path / "cat"
-    cat, found = build_webdataset_catalog(folder, out, model=model, batch_size=4, progress=False, thumb_side=48)
+    cat, found = build_webdataset_catalog(folder, out, model=model, batch_size=4, progress=False, thumb_side=48, reducer="head")
     assert cat.n_items == len(kept) == found.n_items == 13
     items = cat.items.to_pydict()
     assert items["id"] == list(range(13))
@@ -137,7 +137,7 @@ def test_build_keeps_metadata_thumbnails_and_reports_skips(shards, model, tmp_pa
         expected.thumbnail((48, 48))
         assert cat.image(i).size == expected.size, (i, sample["key"])
     spec = cat.manifest["encoder"]
-    assert spec["model"] == "local-dir" and spec["reducer"] == "pca"
+    assert spec["model"] == "local-dir" and spec["reducer"] == "head"
     reopened = open_catalog(out)  # self-contained: text queries use the stored encoder and reducer
     ids, scores = reopened.search_text("a red square", k=5)
     assert len(ids) == 5 and len(set(ids.tolist())) == 5 and np.all(np.diff(scores) <= 1e-6)
@@ -147,19 +147,19 @@ def test_build_keeps_metadata_thumbnails_and_reports_skips(shards, model, tmp_pa
 
 def test_rerun_after_a_kill_reuses_finished_tars(shards, model, tmp_path, count_encoder_calls):
     folder, kept = shards
-    fresh, _ = build_webdataset_catalog(folder, tmp_path / "fresh", model=model, progress=False)
+    fresh, _ = build_webdataset_catalog(folder, tmp_path / "fresh", model=model, progress=False, reducer="head")
     assert count_encoder_calls["calls"] == 3  # one batch per tar
 
     out = tmp_path / "resumed"
     count_encoder_calls.update(calls=0, fail_on=2)  # killed while embedding the second tar
     with pytest.raises(KeyboardInterrupt):
-        build_webdataset_catalog(folder, out, model=model, progress=False)
+        build_webdataset_catalog(folder, out, model=model, progress=False, reducer="head")
     work = tmp_path / "resumed.work"
     assert sorted(p.name for p in work.glob("0*")) == ["00000.tar.json", "00000.tar.npy", "00000.tar.parquet"]
     assert not out.exists()
 
     count_encoder_calls.update(calls=0, fail_on=None)
-    cat, found = build_webdataset_catalog(folder, out, model=model, progress=False)
+    cat, found = build_webdataset_catalog(folder, out, model=model, progress=False, reducer="head")
     assert count_encoder_calls["calls"] == 2  # the first tar came from the work folder
     assert found.reused == ["00000.tar"] and len(found.skipped) == 2  # its skips are still reported
     assert np.array_equal(cat.codes, fresh.codes)
@@ -173,15 +173,15 @@ def test_work_folder_of_other_settings_or_a_changed_tar_is_not_reused(shards, mo
     out = tmp_path / "cat"
     count_encoder_calls["fail_on"] = 3
     with pytest.raises(KeyboardInterrupt):
-        build_webdataset_catalog(folder, out, model=model, progress=False)
+        build_webdataset_catalog(folder, out, model=model, progress=False, reducer="head")
     count_encoder_calls.update(calls=0, fail_on=3)
     with pytest.raises(KeyboardInterrupt):  # another thumbnail size: the saved thumbnails do not fit
-        build_webdataset_catalog(folder, out, model=model, progress=False, thumb_side=64)
+        build_webdataset_catalog(folder, out, model=model, progress=False, thumb_side=64, reducer="head")
     assert count_encoder_calls["calls"] == 3
     with open(folder / "00001.tar", "ab") as f:  # tar 00001 changes after it was embedded
         f.write(b"\0" * 10240)
     count_encoder_calls.update(calls=0, fail_on=None)
-    _, found = build_webdataset_catalog(folder, out, model=model, progress=False, thumb_side=64)
+    _, found = build_webdataset_catalog(folder, out, model=model, progress=False, thumb_side=64, reducer="head")
     assert found.reused == ["00000.tar"] and count_encoder_calls["calls"] == 2
 
 
@@ -196,6 +196,8 @@ def test_bad_input_is_named(shards, model, tmp_path):
         build_webdataset_catalog(empty, tmp_path / "o", model=model, progress=False)
     with pytest.raises(ValueError, match="unknown reducer"):
         build_webdataset_catalog(folder, tmp_path / "o", model=model, reducer="tsne", progress=False)
+    with pytest.raises(ValueError, match="PCA to 32 dims needs at least 33 pictures; got 13"):  # not a 13-d catalog
+        build_webdataset_catalog(folder, tmp_path / "p", model=model, reducer="pca", progress=False)
 
     no_pictures = tmp_path / "no-pictures"
     no_pictures.mkdir()
@@ -220,7 +222,7 @@ def test_cli_builds_from_webdataset_tars(shards, model, tmp_path, capsys):
 
     folder, kept = shards
     out = tmp_path / "cli-cat"
-    assert main(["build-catalog", str(out), "--webdataset", str(folder), "--model", model, "--reducer", "pca"]) == 0
+    assert main(["build-catalog", str(out), "--webdataset", str(folder), "--model", model, "--reducer", "head"]) == 0
     printed = capsys.readouterr().out
     assert f"{len(kept)} images from 3 tars" in printed and "wrote" in printed
     assert open_catalog(out).n_items == len(kept)

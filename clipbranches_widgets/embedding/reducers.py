@@ -65,9 +65,12 @@ class PCAReducer:
 
     def fit(self, image_features, text_features=None, *, chunk_rows: int = 65536) -> "PCAReducer":
         x = np.asarray(image_features)
-        if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < self.out_dim:
-            raise ValueError(f"PCA to {self.out_dim} dims needs (n >= 2, d >= {self.out_dim}) "
-                             f"features; got shape {x.shape}")
+        if x.ndim != 2 or x.shape[1] < self.out_dim:
+            raise ValueError(f"PCA to {self.out_dim} dims needs features of at least {self.out_dim} dims; "
+                             f"got shape {x.shape}")
+        if x.shape[0] <= self.out_dim:  # n points span at most n - 1 directions: the rest would be noise
+            raise ValueError(f"PCA to {self.out_dim} dims needs at least {self.out_dim + 1} pictures; got "
+                             f"{x.shape[0]} (add pictures, or use a trained head: --reducer head)")
         mean = x.mean(0, dtype=np.float64)
         # eigenvectors of the d x d covariance, accumulated chunk by chunk in float64: the same axes
         # as an SVD of the centred data, in memory of one chunk instead of n x d float64 copies
