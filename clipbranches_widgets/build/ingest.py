@@ -16,6 +16,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..pictures import open_picture
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -55,15 +57,8 @@ def read_captions(csv_path) -> dict[str, str]:
 
 
 def load_image(path, *, max_side: int | None = None):
-    """Open an image as RGB with its EXIF orientation applied (optionally shrunk to ``max_side``)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im.load()  # decode now, so truncated files fail here and not later
-        im = ImageOps.exif_transpose(im).convert("RGB")
-    if max_side is not None:
-        im.thumbnail((max_side, max_side))  # keeps the aspect ratio
-    return im
+    """Open an image as upright 8-bit RGB within the pixel budget (:func:`~clipbranches_widgets.pictures.open_picture`)."""
+    return open_picture(path, max_side=max_side, name=str(path))
 
 
 def scan_folder(folder, *, captions_csv=None, thumb_side: int = 160, jpeg_quality: int = 85,

@@ -81,5 +81,11 @@ class QueryEncoder:
         return self.reducer.embed_texts(self.encoder.encode_texts(texts))
 
     def encode_images(self, images) -> np.ndarray:
-        """PIL images (or a uint8 (n, H, W, 3) array) -> (n, catalog dim) float32 unit rows."""
+        """PIL images (or a uint8 (n, H, W, 3) array) -> (n, catalog dim) float32 unit rows.
+
+        PIL images are made upright (EXIF) and 8-bit RGB first, as catalog pictures are when built."""
+        if not isinstance(images, np.ndarray):
+            from ..pictures import to_rgb
+
+            images = [to_rgb(im) if hasattr(im, "mode") else im for im in images]
         return self.reducer.embed_images(self.encoder.encode_images(images, progress=False))

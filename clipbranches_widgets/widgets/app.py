@@ -55,6 +55,7 @@ from pathlib import Path
 import ipywidgets as widgets
 import numpy as np
 
+from ..pictures import MAX_UPLOAD_BYTES, open_picture
 from .image_grid import ImageGrid
 
 __all__ = ["SearchApp", "default_app", "default_catalog_path", "MODEL_OPTIONS", "VIEW_OPTIONS"]
@@ -585,14 +586,17 @@ class SearchApp(widgets.VBox):
 
     def _do_upload(self, files) -> None:
         session = self._require_session()
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         first = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
-        content = first["content"]
+        content, name = first["content"], first.get("name", "the file")
+        if len(content) > MAX_UPLOAD_BYTES:
+            raise ValueError(f"{name} is {len(content) / 2**20:.0f} MB; uploads of at most "
+                             f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB are accepted")
         try:
-            image = Image.open(io.BytesIO(bytes(content))).convert("RGB")
+            image = open_picture(io.BytesIO(bytes(content)), name=name)
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{first.get('name', 'the file')} is not a readable picture: {exc}") from None
+            raise ValueError(f"{name} is not a readable picture ({type(exc).__name__})") from None
         try:
             result = session.image_search(image, k=self.k)
         finally:
