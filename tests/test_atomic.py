@@ -41,3 +41,17 @@ def test_staging_dir_publishes_only_complete_folders(tmp_path):
         (second.path / "a").write_text("y")
     assert not second.published and (final / "a").read_text() == "x"
     assert [p.name for p in tmp_path.iterdir()] == ["index"]
+
+
+def test_errors_name_the_target_not_the_temporary_file(tmp_path):
+    from clipbranches_widgets._atomic import atomic_write_text
+
+    target = tmp_path / "no-such-folder" / "session.json"
+    with pytest.raises(FileNotFoundError) as err:
+        atomic_write_text(target, "{}")
+    assert str(target) in str(err.value) and ".tmp" not in str(err.value)
+    (tmp_path / "a-folder").mkdir()
+    with pytest.raises(OSError) as err:  # replacing a folder with a file
+        atomic_write_text(tmp_path / "a-folder", "{}")
+    assert str(tmp_path / "a-folder") in str(err.value) and ".tmp" not in str(err.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["a-folder"]  # no temporary file left

@@ -85,6 +85,10 @@ def test_sql_and_rules(task):
     sql = m.to_sql("items")
     assert sql.startswith("SELECT id FROM items\nWHERE (") and sql.count(" OR ") == len(m.boxes) - 1
     assert m.to_sql("t", per_box=True).count("SELECT id FROM t") == len(m.boxes)
+    # names are identifiers, never SQL: a hostile table name is quoted, plain ones stay readable
+    hostile = m.to_sql('items; DROP TABLE users; --', id_column='my id', column_prefix='dim "')
+    assert 'FROM "items; DROP TABLE users; --"' in hostile and 'SELECT "my id"' in hostile
+    assert '"dim ""' in hostile and "SELECT id FROM main.items" in m.to_sql("main.items")
     b = m.boxes[0]
     assert f"f{b.dims[0]} BETWEEN {b.low[0]} AND {b.high[0]}" in sql
     # the SQL WHERE clause evaluated by sqlite gives exactly predict()

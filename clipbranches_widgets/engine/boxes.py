@@ -22,9 +22,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import re
+
 import numpy as np
 
 MAX_BOX_DIMS = 8  #: boxes constrain at most this many dims (the widest paper subset)
+
+
+def sql_identifier(name: str) -> str:
+    """``name`` as an SQL identifier: plain names (letters, digits, _) as they are, anything else
+    double-quoted with quotes doubled, so a table or column name can never inject SQL. Dotted
+    names (``schema.table``) are quoted part by part."""
+    parts = str(name).split(".")
+    if not all(parts):
+        raise ValueError(f"not an SQL name: {name!r}")
+    return ".".join(p if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) else '"' + p.replace('"', '""') + '"'
+                    for p in parts)
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,8 @@ class Box:
     def to_sql_condition(self, column_prefix: str = "f") -> str:
         """SQL condition for this box, one ``BETWEEN`` per dim (inclusive bounds, as in the box)."""
         return " AND ".join(
-            f"{column_prefix}{d} BETWEEN {lo} AND {hi}" for d, lo, hi in zip(self.dims, self.low.tolist(), self.high.tolist())
+            f"{sql_identifier(f'{column_prefix}{d}')} BETWEEN {lo} AND {hi}"
+            for d, lo, hi in zip(self.dims, self.low.tolist(), self.high.tolist())
         )
 
     def to_dict(self) -> dict:

@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from ._validation import check_codes, check_labels, check_random_state, check_sample_weight, check_subsets
-from .boxes import MAX_BOX_DIMS, Box, BoxSet
+from .boxes import MAX_BOX_DIMS, Box, BoxSet, sql_identifier
 from .growth import grow_candidates_parallel, grow_candidates_serial
 from .subsets import default_subsets
 
@@ -443,7 +443,7 @@ class DecisionBranches:
         Post trees, if any, are not expressible in SQL; the text says so in a comment.
         """
         boxes = self.boxes
-        head = f"SELECT {id_column} FROM {table}"
+        head = f"SELECT {sql_identifier(id_column)} FROM {sql_identifier(table)}"
         note = ""
         if self.post_trees_ is not None and any(t is not None for t in self.post_trees_):
             note = "-- note: this model also filters each box with a decision tree, which SQL does not show\n"
