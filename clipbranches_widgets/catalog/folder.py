@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,38 @@ def open_catalog(path, *, verify: str = "auto", image_root=None, client=None) ->
 
         return open_distributed(path, client, verify=verify, image_root=image_root)
     folder = Path(path)
+    # A rewrite in place swaps the whole folder: files opened across the swap come from two
+    # versions, or vanish. Reading the manifest again after opening tells a swap (start again)
+    # from damage (the same manifest: report it).
+    for attempt in range(REWRITE_RETRIES + 1):
+        before = _manifest_bytes(folder)
+        try:
+            catalog = _open_once(folder, verify, image_root)
+        except (ValueError, OSError) as exc:
+            if attempt == REWRITE_RETRIES or (before is not None and _manifest_bytes(folder) == before):
+                if isinstance(exc, ValueError):
+                    raise
+                raise ValueError(f"catalog {folder} cannot be read: {exc}") from None
+        else:
+            if _manifest_bytes(folder) == before:
+                return catalog
+            if attempt == REWRITE_RETRIES:
+                raise ValueError(f"catalog {folder} is being rewritten again and again; try again later")
+        time.sleep(0.02 * (attempt + 1))
+
+
+#: how often open_catalog starts again when the folder was rewritten while it was being opened
+REWRITE_RETRIES = 5
+
+
+def _manifest_bytes(folder: Path) -> bytes | None:
+    try:
+        return (folder / "manifest.json").read_bytes()
+    except OSError:
+        return None
+
+
+def _open_once(folder: Path, verify: str, image_root) -> CatalogBase:
     if not folder.is_dir():
         raise ValueError(f"no catalog at {folder}: not a folder")
     mpath = folder / "manifest.json"
