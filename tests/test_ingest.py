@@ -59,3 +59,20 @@ def test_ingest_errors(tmp_path):
     (tmp_path / "caps.csv").write_text("name,text\nok.png,hi\n")
     with pytest.raises(ValueError, match="'filename' and 'caption'"):
         scan_folder(tmp_path, captions_csv=tmp_path / "caps.csv", progress=False)
+
+
+def test_fifos_and_looping_links_are_reported_never_opened(tmp_path):
+    import os
+
+    save(tmp_path / "a.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block forever
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)  # a folder loop
+    res = scan_folder(tmp_path, progress=False)
+    assert res.paths == ["a.jpg"]
+    reasons = {s.path: s.reason for s in res.skipped}
+    assert reasons == {"pipe.jpg": "not a regular file", "loop.jpg": "a broken or looping link",
+                       "dangling.png": "a broken or looping link"}
+    assert "pipe.jpg" in res.report()

@@ -73,7 +73,15 @@ def scan_folder(folder, *, captions_csv=None, thumb_side: int = 160, jpeg_qualit
         raise ValueError(f"{folder} is not a folder")
     captions = read_captions(captions_csv) if captions_csv is not None else {}
     result = IngestResult(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = []
+    for path in sorted(folder.rglob("*")):  # rglob does not follow symlinked folders: no loops
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if not path.is_file():  # a FIFO, a socket, a device, a dangling or looping link: never opened
+            kind = "a broken or looping link" if path.is_symlink() else "not a regular file"
+            result.skipped.append(Skipped(path.relative_to(folder).as_posix(), kind))
+            continue
+        files.append(path)
     for path in tqdm(files, desc="reading images", disable=not progress, unit="file"):
         rel = path.relative_to(folder).as_posix()
         if captions_csv is not None and path.resolve() == Path(captions_csv).resolve():
