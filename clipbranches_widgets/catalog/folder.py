@@ -306,6 +306,15 @@ def _open_once(folder: Path, verify: str, image_root) -> CatalogBase:
     try:
         n, dim, files = int(manifest["n_items"]), int(manifest["dim"]), manifest["files"]
         quantizer_from_dict(manifest["quantizer"])
+        if n < 1 or dim < 1:
+            raise ValueError(f"n_items {n} and dim {dim} must be >= 1")
+        if not isinstance(files, dict) or not all(
+                isinstance(info, dict) and isinstance(info.get("bytes"), int) and isinstance(info.get("sha256"), str)
+                for info in files.values()):
+            raise ValueError("'files' must map each file name to its bytes and sha256")
+        for key in ("encoder", "extra"):
+            if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+                raise ValueError(f"{key!r} must be an object")
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"catalog file {mpath} is corrupt: {exc}") from None
     for name in ("codes.npy", "items.parquet"):
