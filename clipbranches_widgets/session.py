@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import threading
 import time
@@ -50,6 +51,8 @@ from .engine.linear import LinearCodes
 from .engine.selection import FEW_POSITIVES, held_out_membership
 from .exploration import Page, design_weights, estimate_quality, inclusion_probabilities, neighbourhood_size, \
     systematic_sample
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SearchSession", "QueryResult", "RefineResult", "MODELS", "LABELS"]
 
@@ -203,6 +206,39 @@ class SearchSession:
     def __repr__(self) -> str:
         return (f"SearchSession({self.catalog!r}, {len(self.positives)} positive, {len(self.negatives)} negative, "
                 f"{len(self._history)} rounds)")
+
+    @classmethod
+    def warm_up(cls, catalog, *, k: int = 60) -> list[str]:
+        """Make the first real search, Fine-tune and "Label next" on ``catalog`` fast.
+
+        Loads the query encoder and runs, in a throwaway session, what they run: a search by item,
+        marks on its results, refine("auto") (every family it tries, with cross-validation), a
+        refine of each box / linear family "auto" did not try (the box index gets built or
+        loaded), and suggest; so the Numba kernels are compiled and the code paths warm. Returns
+        the problems met, in words (empty when all went well); it never raises for them: a catalog
+        without a text encoder still works by item.
+        """
+        problems = []
+        try:
+            catalog.query_encoder()
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"query encoder: {exc}")
+            log.warning("warm-up: no query encoder for %s: %s", catalog, exc)
+        try:
+            warm = cls(catalog, random_state=0)
+            shown = warm.image_search(0, k=min(int(k), catalog.n_items)).ids.tolist()
+            third = max(2, len(shown) // 3)
+            warm.label(shown[:third], "pos")
+            warm.label(shown[third:], "neg")
+            tried = set(warm.refine("auto").selection) - {"reason"}
+            for family in ("ensemble", "linear", "branches"):
+                if family not in tried:
+                    warm.refine(family)
+            warm.suggest(min(int(k), catalog.n_items))
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"engine: {exc}")
+            log.exception("warm-up of the engine failed for %s", catalog)
+        return problems
 
     # -- queries -------------------------------------------------------------------------------
 

@@ -485,3 +485,16 @@ def test_refine_defaults_scale_to_a_small_catalog(tmp_path):
     assert result.n_excluded_neighbours == 24 and result.count >= 1
     with pytest.raises(ValueError, match=r"n_random_negatives must be an integer in 0\.\.48"):
         session.refine(n_random_negatives=500)
+
+
+def test_warm_up_runs_the_first_click_paths_and_reports_problems_in_words(tiny_catalog, tmp_path):
+    import pyarrow as pa
+
+    from clipbranches_widgets.catalog import write_catalog
+
+    assert SearchSession.warm_up(tiny_catalog, k=30) == []
+    assert tiny_catalog._index is not None  # the box index is ready for the first Fine-tune
+    codes = np.random.default_rng(0).integers(0, 256, (400, 32)).astype(np.uint8)
+    no_encoder = write_catalog(tmp_path / "c", codes, pa.table({"caption": ["x"] * 400}))
+    problems = SearchSession.warm_up(no_encoder, k=30)
+    assert len(problems) == 1 and problems[0].startswith("query encoder:")  # the engine part still ran

@@ -41,7 +41,6 @@ The default catalog is ``$CB_CATALOG`` when that environment variable is set, el
 """
 from __future__ import annotations
 
-import base64
 import html
 import io
 import logging
@@ -56,47 +55,18 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..pictures import MAX_UPLOAD_BYTES, open_picture
+from .formatting import (MODEL_OPTIONS, NOTE_EXPLORE, NOTE_IN_ANSWER, VIEW_OPTIONS, data_link, model_label,
+                         refine_stats_html, search_stats_html, stats_html, suggestions_stats_html)
 from .image_grid import ImageGrid
 
 __all__ = ["SearchApp", "default_app", "default_catalog_path", "MODEL_OPTIONS", "VIEW_OPTIONS"]
 
 log = logging.getLogger(__name__)
 
-#: model selector labels -> SearchSession model names: "auto" (the default) plus the original's db,
-#: ens, dtree, rf and a linear model
-MODEL_OPTIONS = (("Automatic (best for your marks)", "auto"), ("Decision branches", "branches"),
-                 ("Branch ensemble", "ensemble"), ("Linear (logistic regression)", "linear"),
-                 ("Decision tree", "tree"), ("Random forest", "forest"))
-#: the "Show:" toggle: what the grid holds
-VIEW_OPTIONS = (("answer", "answer"), ("suggestions to mark", "suggestions"))
-#: notes on suggested tiles: drawn from the answer (confirm it) or from outside it (explore)
-NOTE_IN_ANSWER = "in answer: right?"
-NOTE_EXPLORE = "not in answer: missed?"
 
 BUILD_HINT = "python -m clipbranches_widgets build-catalog data/demo"
 
-_STYLE = """<style>
-.cb-app { font-family: var(--jp-ui-font-family, sans-serif); max-width: 1100px; }
-.cb-app .cb-title { font-size: 20px; font-weight: 600; margin: 4px 8px 4px 0; }
-.cb-app .cb-warmup { color: #777; font-size: 12px; }
-.cb-app .cb-error { color: #a61b1b; background: #fdecea; border: 1px solid #f5c2c0; border-radius: 4px;
-  padding: 6px 10px; margin: 4px 0; white-space: pre-wrap; }
-.cb-app .cb-stats { font-size: 12px; color: #333; background: #f6f8fa; border-radius: 4px; padding: 6px 10px; }
-.cb-app .cb-stats b { font-size: 13px; }
-.cb-app .cb-stats .cb-timings, .cb-app .cb-stats .cb-counts { color: #555; }
-.cb-app .cb-busy { color: #555; font-size: 13px; }
-.cb-app .cb-spinner { display: inline-block; width: 12px; height: 12px; border: 2px solid #bbb;
-  border-top-color: #1f77b4; border-radius: 50%; animation: cb-spin 0.8s linear infinite;
-  vertical-align: middle; margin-right: 6px; }
-@keyframes cb-spin { to { transform: rotate(360deg); } }
-.cb-app pre.cb-code { white-space: pre-wrap; font-size: 12px; margin: 0; }
-.cb-app a.cb-download { font-weight: 600; }
-.cb-app .cb-estimate { margin-top: 3px; }
-.cb-app .cb-estimate-method, .cb-app .cb-model-choice { color: #555; }
-.cb-app .cb-view-name { font-weight: 600; color: #1f5f99; }
-.cb-app .cb-tile[data-note^="in answer"] .cb-note { background: rgba(31, 95, 153, 0.85); }
-.cb-app .cb-tile[data-note^="not in answer"] .cb-note { background: rgba(178, 94, 0, 0.9); }
-</style>"""
+_STYLE = "<style>" + (Path(__file__).with_name("app.css")).read_text() + "</style>"
 
 
 def default_catalog_path() -> Path:
@@ -115,36 +85,6 @@ def default_app(**kwargs) -> "SearchApp":
     A missing or broken catalog does not raise: the app shows the error and how to build it.
     """
     return SearchApp.default(**kwargs)
-
-
-def _data_link(text: str, filename: str, mime: str) -> str:
-    payload = base64.b64encode(text.encode("utf-8")).decode("ascii")
-    size = len(text.encode("utf-8"))
-    return (f'<a class="cb-download" download="{html.escape(filename)}" '
-            f'href="data:{mime};charset=utf-8;base64,{payload}" data-filename="{html.escape(filename)}">'
-            f'⬇ Download {html.escape(filename)}</a> <span style="color:#777">({size:,} bytes)</span>')
-
-
-def _ms(seconds) -> str:
-    return f"{1000.0 * float(seconds):.1f} ms"
-
-
-def _model_label(name: str) -> str:
-    return dict((v, k) for k, v in MODEL_OPTIONS).get(name, name)
-
-
-def _estimate_html(estimate: dict) -> str:
-    """The answer's estimated precision / recall as ``<div class="cb-estimate" ...>``, or "" without one."""
-    if not estimate or estimate.get("precision") is None or estimate.get("recall") is None:
-        return ""
-    p, r = float(estimate["precision"]), float(estimate["recall"])
-    f1 = float(estimate.get("f1", 0.0))
-    positives = estimate.get("positives")
-    matches = "" if positives is None else f" &middot; about {float(positives):,.0f} matches in the catalog"
-    return (f'<div class="cb-estimate" data-precision="{p:.4f}" data-recall="{r:.4f}" data-f1="{f1:.4f}">'
-            f"Estimated precision <b>{p:.2f}</b> &middot; recall <b>{r:.2f}</b>{matches} "
-            f'<span class="cb-estimate-method">(estimate: {html.escape(str(estimate.get("method", "")))})'
-            f"</span></div>")
 
 
 class SearchApp(widgets.VBox):
@@ -293,7 +233,7 @@ class SearchApp(widgets.VBox):
 
         self.error = widgets.HTML("")
         self.error.add_class("cb-error-area")
-        self.stats = widgets.HTML(self._stats_html(0, "No search yet: type a query and press Enter."))
+        self.stats = widgets.HTML(stats_html(0, "No search yet: type a query and press Enter."))
         self.stats.add_class("cb-stats-area")
         self.view = widgets.ToggleButtons(options=list(VIEW_OPTIONS), value="answer",
                                           disabled=True, layout=widgets.Layout(width="auto"),
@@ -396,7 +336,7 @@ class SearchApp(widgets.VBox):
             self.grid.show([], labels={}, labelled_before=[])
         finally:
             self._syncing = False
-        self.stats.value = self._stats_html(0, "No search yet: type a query and press Enter.")
+        self.stats.value = stats_html(0, "No search yet: type a query and press Enter.")
         self.rules.value = '<pre class="cb-code cb-rules">n/a</pre>'
         self.sql.value = '<pre class="cb-code cb-sql">n/a</pre>'
         self.download.value = ""
@@ -440,36 +380,16 @@ class SearchApp(widgets.VBox):
         thread.start()
 
     def _warm_up(self, catalog, event: threading.Event) -> None:
-        """Load the query encoder, build/load the box index, and run what the first Fine-tune and
-        "Label next" run: a throwaway session's refine("auto") (every family it tries, with their
-        cross-validation, on marks of one item's neighbours), a refine of each of branches /
-        ensemble / linear that "auto" did not try, and suggest, so the Numba kernels are compiled
-        and the code paths are warm."""
+        """:meth:`SearchSession.warm_up` in the background; the note says when it is done."""
         t0 = time.perf_counter()
         problems = []
         try:
-            try:
-                catalog.query_encoder()
-            except Exception as exc:  # noqa: BLE001 - a catalog without a text encoder still works by image
-                problems.append(f"query encoder: {exc}")
-                log.warning("warm-up: no query encoder for %s: %s", catalog, exc)
-            try:
-                from ..session import SearchSession
+            from ..session import SearchSession
 
-                warm = SearchSession(catalog, random_state=0)
-                shown = warm.image_search(0, k=min(self.k, catalog.n_items)).ids.tolist()
-                third = max(2, len(shown) // 3)
-                warm.label(shown[:third], "pos")
-                warm.label(shown[third:], "neg")
-                n_random = min(500, catalog.n_items - len(shown))
-                tried = set(warm.refine("auto", n_random_negatives=n_random).selection) - {"reason"}
-                for family in ("ensemble", "linear", "branches"):
-                    if family not in tried:
-                        warm.refine(family, n_random_negatives=n_random)
-                warm.suggest(min(self.k, catalog.n_items))
-            except Exception as exc:  # noqa: BLE001
-                problems.append(f"engine: {exc}")
-                log.exception("warm-up of the engine failed for %s", catalog)
+            problems = SearchSession.warm_up(catalog, k=self.k)
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up only costs the first click its time
+            problems = [f"warm-up: {exc}"]
+            log.exception("warm-up failed for %s", catalog)
         finally:
             if event is self.warmed_up:
                 self.warm_up_error = "; ".join(problems) or None
@@ -616,14 +536,6 @@ class SearchApp(widgets.VBox):
         self.download.value = ""
         self._clear_error()
 
-    @staticmethod
-    def _query_words(query: dict | None) -> str:
-        if not query:
-            return "your marks"
-        if query.get("type") == "text":
-            return f"“{html.escape(query['text'])}”"
-        return f"item {query['item_id']}" if query.get("item_id") is not None else "the uploaded picture"
-
     def _marks_html(self) -> str:
         session = getattr(self, "session", None)
         pos, neg = (0, 0) if session is None else (len(session.positives), len(session.negatives))
@@ -635,12 +547,7 @@ class SearchApp(widgets.VBox):
 
     def _render_search(self, result) -> None:
         """The grid and statistics for a search's results (the "answer" view before any refine)."""
-        t = result.timings
-        total = sum(float(v) for v in t.values())
-        body = (f'<span class="cb-view-name">Showing the answer:</span> <b>{len(result)}</b> results for '
-                f"{self._query_words(result.query)} &middot; query time {total:.3f} s"
-                f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))}</div>')
-        self.stats.value = self._stats_html(len(result), body)
+        self.stats.value = search_stats_html(result)
         self._show_items(result.ids, result.scores, shown=len(result))  # last: the grid paints a finished view
 
     def _do_refine(self) -> None:
@@ -667,7 +574,7 @@ class SearchApp(widgets.VBox):
         self._set_view("answer")
         self._update_next_controls()
         self._render_refine(result)
-        name = _model_label(result.model_name)
+        name = model_label(result.model_name)
         if result.rules is not None:
             if result.model_name == "branches":
                 rules = "\n".join(f"box {n + 1}: {r}" for n, r in enumerate(result.rules)) or "(no boxes)"
@@ -684,34 +591,9 @@ class SearchApp(widgets.VBox):
         self.download.value = ""
         self._clear_error()
 
-    @staticmethod
-    def _choice_html(result) -> str:
-        """Which model family answered and why (``result.selection["reason"]``)."""
-        name = html.escape(_model_label(result.model_name))
-        reason = html.escape(str((result.selection or {}).get("reason", "")))
-        how = "chosen automatically" if result.requested_model == "auto" else "as selected"
-        return (f'<div class="cb-model-choice" data-model="{html.escape(result.model_name)}">Model: <b>{name}</b>, '
-                f"{how}" + (f" ({reason})" if reason else "") + "</div>")
-
     def _render_refine(self, result) -> None:
         """The grid and statistics for a refine's answer."""
-        t = result.timings
-        boxes = "n/a" if result.n_boxes is None else str(result.n_boxes)
-        method = result.stats.get("method")
-        body = (f'<span class="cb-view-name">Showing the answer:</span> <b>{result.count:,}</b> results '
-                f"({html.escape(_model_label(result.model_name))}) &middot; query time "
-                f"{float(t.get('total', 0)):.3f} s"
-                + self._choice_html(result) + _estimate_html(result.estimate)
-                + f'<div class="cb-timings">encode {_ms(t.get("encode", 0))} &middot; nn {_ms(t.get("nn", 0))} '
-                f'&middot; sampling {_ms(t.get("sampling", 0))} &middot; cv {_ms(t.get("cv", 0))} '
-                f'&middot; train {_ms(t.get("train", 0))} &middot; apply {_ms(t.get("apply", 0))} '
-                f'&middot; estimate {_ms(t.get("estimate", 0))}</div>'
-                f'<div class="cb-counts">boxes: {boxes}'
-                + (f" &middot; search: {html.escape(str(method))}" if method else "")
-                + f" &middot; marks used: {result.n_positives} positive, {result.n_negatives} negative"
-                f" &middot; random negatives: {result.n_random_negatives} "
-                f"({html.escape(result.negatives_source)}) &middot; seed {result.random_state}</div>")
-        self.stats.value = self._stats_html(result.count, body)
+        self.stats.value = refine_stats_html(result)
         self._show_items(result.ids, result.scores)  # first page; "Load more" shows the rest
 
     # -- suggestions ("Label next") and the Show toggle ---------------------------------------
@@ -759,23 +641,7 @@ class SearchApp(widgets.VBox):
         """The grid and statistics for a page of suggestions: each tile noted in / not in the answer."""
         in_answer = np.asarray(page.in_answer, bool)
         notes = {int(i): NOTE_IN_ANSWER if a else NOTE_EXPLORE for i, a in zip(page.ids, in_answer)}
-        answer = self.last_result
-        n_in, n_out = int(in_answer.sum()), int((~in_answer).sum())
-        refined = answer is not None and hasattr(answer, "model_name")
-        of = self._query_words((page.query or {}).get("of_query"))
-        if refined:
-            what = (f"the answer: {answer.count:,} results ({html.escape(_model_label(answer.model_name))}) "
-                    f"for {of}")
-        else:
-            what = f"the search for {of} (no fine-tuning yet)"
-        body = (f'<span class="cb-view-name">Showing suggestions to mark:</span> <b>{len(page)}</b> items, '
-                f"{n_in} from the answer (<i>{NOTE_IN_ANSWER}</i>), {n_out} from outside it "
-                f"(<i>{NOTE_EXPLORE}</i>). Mark them and press Fine-tune: the next estimate uses them."
-                f'<div class="cb-counts">about {what} &middot; picked in '
-                f'{_ms(page.timings.get("suggest", 0))}</div>'
-                + (self._choice_html(answer) + _estimate_html(answer.estimate) if refined else ""))
-        count = answer.count if refined else (len(answer) if answer is not None else 0)
-        self.stats.value = self._stats_html(count, body, view="suggestions")
+        self.stats.value = suggestions_stats_html(page, self.last_result)
         self._show_items(page.ids, None, shown=len(page), notes=notes)  # scores: draw probabilities, not shown
 
     def _do_undo(self) -> None:
@@ -801,19 +667,15 @@ class SearchApp(widgets.VBox):
     def _do_export(self, format: str) -> None:
         text = self.export_text(format)
         mime = "text/csv" if format == "csv" else "application/json"
-        self.download.value = _data_link(text, f"clipbranches-results.{format}", mime)
+        self.download.value = data_link(text, f"clipbranches-results.{format}", mime)
         self._clear_error()
 
     def _do_save(self) -> None:
         text = self.session_text()
-        self.download.value = _data_link(text, "clipbranches-session.json", "application/json")
+        self.download.value = data_link(text, "clipbranches-session.json", "application/json")
         self._clear_error()
 
     # -- helpers -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _stats_html(count: int, body: str, view: str = "answer") -> str:
-        return f'<div class="cb-stats" data-count="{int(count)}" data-view="{view}">{body}</div>'
 
     def __repr__(self) -> str:
         return f"SearchApp({self.catalog!r})"
