@@ -267,6 +267,13 @@ class SearchSession:
             raise ValueError(f"image_search takes a catalog item id or a PIL image; got {type(image_or_item_id).__name__}")
         return self._show(query, vector, k, time.perf_counter() - t0)
 
+    def repeat_query(self, k: int = 60) -> QueryResult:
+        """The current query's ``k`` nearest items again, from its kept embedding (no encoder needed:
+        also a loaded session's uploaded picture)."""
+        if self._query_vector is None or self._query is None:
+            raise ValueError("no query to repeat: search first")
+        return self._show(dict(self._query), self._query_vector, check_k(k), 0.0)
+
     def _show(self, query: dict, vector, k: int, encode_s: float) -> QueryResult:
         vector = np.asarray(vector, np.float32).reshape(1, -1)
         t0 = time.perf_counter()
@@ -607,10 +614,21 @@ class SearchSession:
         """
         path = Path(path)
         try:
-            state = json.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
             raise ValueError(f"no session file at {path}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"session file {path} is not valid JSON: {exc}") from None
+        return cls.from_json(text, catalog, source=path)
+
+    @classmethod
+    def from_json(cls, text: str, catalog, *, source="the saved session") -> "SearchSession":
+        """A session from :meth:`to_json` text (what :meth:`load` reads from a file, and what the app
+        keeps in the browser so that a reload finds its marks). ``source`` names it in errors."""
+        path = source
+        try:
+            state = json.loads(text)
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"session file {path} is not valid JSON: {exc}") from None
         if not isinstance(state, dict) or state.get("format") != SESSION_FORMAT:
             raise ValueError(f"{path} is not a clipbranches session file")

@@ -506,3 +506,26 @@ def test_the_app_on_a_sharded_catalog_of_embeddings_without_pictures_or_text_enc
     assert np.mean(truth[result.ids] == truth[5]) > 0.8  # the answer is mostly the marked concept
     app.next_button.click()
     assert "cb-error" not in app.error.value and len(app.grid.shown_ids) == app.k
+
+
+def test_a_reload_gets_the_marks_the_query_and_the_answer_back(searched, tiny_catalog):
+    """The browser keeps the session (ImageGrid.store -> localStorage); a new page's app restores it."""
+    app = searched
+    kept = []
+    app.grid.store = kept.append  # what the front end would put in localStorage
+    app.refine_button.click()
+    assert kept and app.grid.storage_key.startswith("session:")
+    answer = app.last_result.ids.tolist()
+    reloaded = SearchApp(tiny_catalog, warm_up=False, random_state=0)  # a new kernel after a reload
+    assert reloaded.grid.storage_key == app.grid.storage_key
+    message = {"type": "restore", "key": reloaded.grid.storage_key, "state": kept[-1]}
+    reloaded.grid._on_front_end_message(reloaded.grid, {**message, "key": "session:other"}, [])
+    assert reloaded.session.labels == {}  # another catalog's session is not taken
+    reloaded.grid._on_front_end_message(reloaded.grid, message, [])
+    assert "cb-error" not in reloaded.error.value
+    assert reloaded.session.labels == app.session.labels and reloaded.session.query == app.session.query
+    assert reloaded.last_result.ids.tolist() == answer  # the same marks and seed: the same answer
+    assert all(reloaded.grid.label_of(i) == app.session.labels.get(i, "none") for i in reloaded.grid.shown_ids)
+    before = reloaded.session.labels
+    reloaded.grid._on_front_end_message(reloaded.grid, message, [])  # a second render: nothing changes
+    assert reloaded.session.labels == before

@@ -261,6 +261,21 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
             assert len(set(ids)) == len(ids) and 0 <= min(ids) and max(ids) < catalog.n_items
             assert ids[:len(tile_state(page))] == [i for i, _ in tile_state(page)]  # same ranking as shown
 
+            # a reload (a new kernel) gets the marks back, and the last fine-tuned answer
+            n_pos, n_neg = len(session.positives), len(session.negatives)
+            t4 = time.perf_counter()
+            page.reload(timeout=TIMEOUT_MS)
+            page.wait_for_function(
+                "([p, n]) => { const m = document.querySelector('.cb-marks');"
+                " return m && m.dataset.pos === String(p) && m.dataset.neg === String(n); }",
+                arg=[n_pos, n_neg], timeout=TIMEOUT_MS)
+            page.wait_for_selector(".cb-model-choice[data-model='ensemble']", state="attached", timeout=TIMEOUT_MS)
+            timings["reload_to_restored_s"] = time.perf_counter() - t4
+            # the answer to the restored marks, by the restored model (the same seed gives the same
+            # answer in Python, tests/test_app.py; across the browser reload it can differ slightly)
+            timings["restored_count"] = stats_count(page)
+            assert stats_count(page) > 0 and view_state(page) == "answer"
+
             # "more like this" on a tile (its ≈ button, shown on hover): that item's neighbours
             item = tile_state(page)[2][0]
             expected_similar, _ = catalog.search_image(item, k=60)

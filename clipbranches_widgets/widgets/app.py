@@ -54,6 +54,7 @@ from pathlib import Path
 import ipywidgets as widgets
 import numpy as np
 
+from ..catalog.base import CatalogBase
 from ..pictures import MAX_UPLOAD_BYTES, open_picture
 from .formatting import (MODEL_OPTIONS, NOTE_EXPLORE, NOTE_IN_ANSWER, VIEW_OPTIONS, data_link, model_label,
                          refine_stats_html, search_stats_html, stats_html, suggestions_stats_html)
@@ -245,6 +246,7 @@ class SearchApp(widgets.VBox):
 
         self.grid = ImageGrid(page_size=page_size, max_thumbnails=max_thumbnails)
         self.grid.on_similar(lambda item: self._guard(self._do_similar_tile, item))
+        self.grid.on_restore(lambda text: self._guard(self._do_restore, text))
         self.grid.on_label_change(self._on_grid_labels)
 
         self.rules = widgets.HTML('<pre class="cb-code cb-rules">n/a</pre>')
@@ -289,7 +291,7 @@ class SearchApp(widgets.VBox):
             catalog = self._opened.get(name)
             if catalog is None:
                 source = self._sources[name]
-                if hasattr(source, "codes") and hasattr(source, "n_items"):
+                if isinstance(source, CatalogBase):
                     catalog = source
                 else:
                     catalog = self._open_path(Path(source))
@@ -309,6 +311,8 @@ class SearchApp(widgets.VBox):
         self._set_enabled(True)
         self._clear_error()
         self.upload.layout.display = ""
+        # the browser keeps this catalog's session under a key of its codes: a reload gets it back
+        self.grid.storage_key = f"session:{catalog.fingerprint[:32]}"
         self._start_warm_up(catalog)
 
     @staticmethod
@@ -405,11 +409,41 @@ class SearchApp(widgets.VBox):
         """Run a UI action: ValueError -> its message; anything else -> a short message + log."""
         try:
             action(*args)
+            self._keep_session()
         except ValueError as exc:
             self._show_error(str(exc))
         except Exception as exc:  # noqa: BLE001 - never a traceback in the UI
             log.exception("clipbranches app action %s failed", getattr(action, "__name__", action))
             self._show_error(f"Something went wrong ({type(exc).__name__}: {exc}). Details are in the log.")
+
+    def _keep_session(self) -> None:
+        """Send the session (marks, query, rounds, pages) to the browser, which keeps it for a reload."""
+        if self.session is not None and self.grid.storage_key:
+            self.grid.store(self.session.to_json())
+
+    def _do_restore(self, text: str) -> None:
+        """The browser's kept session for this catalog (a reload of the page): its marks, its query's
+        results, and, after a Fine-tune, the answer to its marks again."""
+        from ..session import SearchSession
+
+        current = self.session
+        if current is None or current.labels or current.query is not None:
+            return  # this page has its own session already: nothing to bring back
+        restored = SearchSession.from_json(text, self.catalog, source="the session kept by this browser")
+        if not restored.labels and restored.query is None:
+            return
+        self.session = restored
+        self._update_marks()
+        if restored.query is not None:
+            self._after_search(restored.repeat_query(self.k))
+        last = restored.history[-1] if restored.history else None
+        if last is not None:
+            model = last.get("requested_model") or last["model"]
+            self.model.value = model
+            self._after_refine(restored.refine(model, n_random_negatives=last["n_random_negatives"],
+                                               negative_weight=last["negative_weight"],
+                                               exclude_top=last["exclude_top"], random_state=last["random_state"]))
+        self._sync_grid_labels()
 
     def _show_error(self, message: str) -> None:
         self.error.value = f'<div class="cb-error">{html.escape(str(message))}</div>'
@@ -433,6 +467,7 @@ class SearchApp(widgets.VBox):
                 self._last_positive = int(ids[-1])
             self._update_marks()
             self._clear_error()
+            self._keep_session()
         except ValueError as exc:
             self._show_error(str(exc))
         except Exception as exc:  # noqa: BLE001

@@ -253,8 +253,23 @@ function render({ model, el }) {
     model.save_changes();
   });
 
+  // What the app keeps in this browser (its session), so that a reload of the page finds it.
+  const storageName = () => "clipbranches:" + model.get("storage_key");
+  function restore() {
+    if (!model.get("storage_key")) return;
+    let state = null;
+    try { state = window.localStorage.getItem(storageName()); } catch (e) { return; }
+    if (state) model.send({ type: "restore", key: model.get("storage_key"), state });
+  }
+  function onMessage(msg) {
+    if (!msg || msg.type !== "store" || msg.key !== model.get("storage_key")) return;
+    try { window.localStorage.setItem(storageName(), msg.state); } catch (e) { /* full or blocked */ }
+  }
+
   // One event name per entry: the model anywidget hands us may not split space-separated names.
   const handlers = [
+    ["change:storage_key", restore],
+    ["msg:custom", onMessage],
     ["change:tiles", onTiles],
     ["change:shown", () => syncTiles(false)],
     ["change:labels", syncLabels],
@@ -268,6 +283,7 @@ function render({ model, el }) {
 
   syncLayout();
   syncTiles(true);
+  restore();
 
   return () => {
     for (const [event, handler] of handlers) model.off(event, handler);

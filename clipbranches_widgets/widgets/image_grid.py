@@ -86,6 +86,10 @@ def _data_uri(data: object) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+#: the most a restore message may carry (localStorage holds about 5 MB per site)
+MAX_STORED_CHARS = 4_000_000
+
+
 class ImageGrid(anywidget.AnyWidget):
     """A grid of thumbnails the user labels positive or negative, paged with "Load more".
 
@@ -126,6 +130,9 @@ class ImageGrid(anywidget.AnyWidget):
     columns = traitlets.Int(5).tag(sync=True)
     tile_size = traitlets.Int(128).tag(sync=True)
     disabled = traitlets.Bool(False).tag(sync=True)
+    #: where the front end keeps what :meth:`store` sends (the browser's localStorage, under this key);
+    #: "" keeps nothing. When it is set, the front end sends back what it holds under it (on_restore).
+    storage_key = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, page_size: int = 15, *, columns: int = 5, tile_size: int = 128,
                  max_thumbnails: int = 500, disabled: bool = False, **kwargs) -> None:
@@ -140,6 +147,7 @@ class ImageGrid(anywidget.AnyWidget):
         self._encoded = 0  # leading tiles whose thumbnail has been asked for
         self._label_callbacks: list[Callable[[list[int], str], object]] = []
         self._similar_callbacks: list[Callable[[int], object]] = []
+        self._restore_callbacks: list[Callable[[str], object]] = []
         super().__init__(page_size=page_size, columns=columns, tile_size=tile_size,
                          disabled=disabled, **kwargs)
         self.on_msg(self._on_front_end_message)
@@ -306,9 +314,25 @@ class ImageGrid(anywidget.AnyWidget):
         or the "s" key on a focused tile). ``remove=True`` unregisters the callback."""
         _register(self._similar_callbacks, callback, remove)
 
+    def store(self, text: str) -> None:
+        """Keep ``text`` in the browser under :attr:`storage_key` (it survives a reload of the page)."""
+        if self.storage_key:
+            self.send({"type": "store", "key": self.storage_key, "state": str(text)})
+
+    def on_restore(self, callback: Callable[[str], object], remove: bool = False) -> None:
+        """Call ``callback(text)`` with what the browser kept under :attr:`storage_key` (sent when the
+        page renders the grid, or when the key changes). ``remove=True`` unregisters the callback."""
+        _register(self._restore_callbacks, callback, remove)
+
     def _on_front_end_message(self, _widget, content, _buffers) -> None:
         # Only requests about tiles that are on screen count; anything else is ignored, since a
         # front end (or a stale page) can send any JSON.
+        if isinstance(content, dict) and content.get("type") == "restore":
+            state = content.get("state")
+            if content.get("key") == self.storage_key and isinstance(state, str) and len(state) <= MAX_STORED_CHARS:
+                for callback in list(self._restore_callbacks):
+                    callback(state)
+            return
         if not isinstance(content, dict) or content.get("type") != "similar" or self.disabled:
             return
         item = content.get("id")
