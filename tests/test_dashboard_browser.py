@@ -269,7 +269,13 @@ def test_dashboard_search_mark_refine_in_chromium(tmp_path):
                 "([p, n]) => { const m = document.querySelector('.cb-marks');"
                 " return m && m.dataset.pos === String(p) && m.dataset.neg === String(n); }",
                 arg=[n_pos, n_neg], timeout=TIMEOUT_MS)
-            page.wait_for_selector(".cb-model-choice[data-model='ensemble']", state="attached", timeout=TIMEOUT_MS)
+            # restored: the query's 60 results first, then the answer's first page (15 tiles) under it
+            page.wait_for_function(
+                "() => { const s = [...document.querySelectorAll('.cb-stats[data-count]')].pop();"
+                " if (!s || s.dataset.view !== 'answer' || !s.querySelector(\".cb-model-choice[data-model='ensemble']\"))"
+                " return false; const t = document.querySelectorAll('.cb-tile');"
+                " return t.length === Math.min(15, Number(s.dataset.count)); }", timeout=TIMEOUT_MS)
+            _wait_painted(page)
             timings["reload_to_restored_s"] = time.perf_counter() - t4
             # the answer to the restored marks, by the restored model (the same seed gives the same
             # answer in Python, tests/test_app.py; across the browser reload it can differ slightly)
