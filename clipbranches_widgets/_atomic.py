@@ -160,3 +160,16 @@ def sha256_file(path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def replace_dir(new_dir, final_dir) -> None:
+    """Put the complete folder ``new_dir`` in the place of ``final_dir`` (which may not exist); the
+    old folder is removed only once the new one is in place, so ``final_dir`` is never half there.
+    The caller holds ``final_dir``'s :func:`writer_lock`."""
+    new_dir, final_dir = Path(new_dir), Path(final_dir)
+    old = final_dir.with_name(final_dir.name + ".old")
+    if final_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final_dir, old)
+    os.rename(new_dir, final_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import sha256_file, staging_dir, writer_lock
+from .._atomic import replace_dir, sha256_file, staging_dir, writer_lock
 from .base import CatalogBase, check_ids, check_k
 from .items import ROW_GROUP_ROWS, ItemsFile
 from .quantize import GlobalQuantizer, quantizer_from_dict
@@ -41,7 +41,7 @@ HASH_ON_OPEN_MAX_BYTES = 256 * 2**20
 
 def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = None, thumbnails=None,
                   extra: dict | None = None, assets: dict | None = None) -> "Catalog":
-    """Write a catalog folder at ``path`` atomically and return it opened.
+    """Write a catalog folder at ``path`` atomically, holding its writer lock, and return it opened.
 
     codes: uint8 (N, d). items: pyarrow Table (or anything ``pa.table`` accepts) with N rows and an
     ``id`` column equal to 0..N-1 (added if absent). thumbnails: optional sequence of N JPEG byte
@@ -53,13 +53,63 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
     demo world), ``extra["image_root"]`` a folder of the items' ``image_path`` files
     (:mod:`clipbranches_widgets.catalog.thumbnails`).
     """
-    import pyarrow as pa
+    codes, table = _checked_rows(codes, items, thumbnails)  # bad input is refused before anything is touched
+    final = Path(path)
+    with writer_lock(final):  # one writer per folder: a second one gets a clear error, not a race
+        write_catalog_folder(final, codes, table, quantizer=quantizer, encoder=encoder, thumbnails=thumbnails,
+                             extra=extra, assets=assets)
+        return open_catalog(final)
+
+
+def write_catalog_folder(final: Path, codes, items, *, quantizer=None, encoder: dict | None = None,
+                         thumbnails=None, extra: dict | None = None, assets: dict | None = None) -> None:
+    """:func:`write_catalog`'s work, without taking the lock or opening the result: for a writer that
+    already holds the lock of an enclosing folder (the shards of a sharded catalog)."""
     import pyarrow.parquet as pq
+
+    codes, table = _checked_rows(codes, items, thumbnails)
+    n, dim = codes.shape
+    quantizer = quantizer if quantizer is not None else GlobalQuantizer()
+    staged_final = final.with_name(final.name + ".new")
+    shutil.rmtree(staged_final, ignore_errors=True)  # we hold the lock: a leftover is from a crashed write
+    with staging_dir(staged_final) as staged:
+        folder = staged.path
+        np.save(folder / "codes.npy", codes, allow_pickle=False)
+        pq.write_table(table, folder / "items.parquet", row_group_size=ROW_GROUP_ROWS)
+        files = ["codes.npy", "items.parquet"]
+        if thumbnails is not None:
+            offsets = np.zeros(n + 1, np.int64)
+            with open(folder / "thumbs.bin", "wb") as f:
+                for i, jpeg in enumerate(thumbnails):
+                    f.write(jpeg)
+                    offsets[i + 1] = offsets[i] + len(jpeg)
+            np.save(folder / "thumbs.idx.npy", offsets, allow_pickle=False)
+            files += ["thumbs.bin", "thumbs.idx.npy"]
+        for name, data in (assets or {}).items():
+            target = folder / name
+            if Path(name).is_absolute() or ".." in Path(name).parts or name in files:
+                raise ValueError(f"asset name {name!r} must be a new relative path inside the catalog")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            files.append(name)
+        manifest = {"format": FORMAT, "version": VERSION, "n_items": n, "dim": dim,
+                    "quantizer": quantizer.to_dict(), "encoder": encoder, "extra": extra or {},
+                    "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+                              for name in files}}
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if not staged.published:
+        raise ValueError(f"another process is writing a catalog at {final}; try again when it has finished")
+    replace_dir(staged_final, final)
+
+
+def _checked_rows(codes, items, thumbnails):
+    """(uint8 codes, items Table with an ``id`` column 0..N-1), or a ValueError naming what is wrong."""
+    import pyarrow as pa
 
     from ..engine._validation import check_codes
 
     codes = check_codes(codes, name="codes")
-    n, dim = codes.shape
+    n = codes.shape[0]
     table = items if isinstance(items, pa.Table) else pa.table(items)
     if table.num_rows != n:
         raise ValueError(f"items has {table.num_rows} rows but codes has {n}")
@@ -69,46 +119,7 @@ def write_catalog(path, codes, items, *, quantizer=None, encoder: dict | None = 
         raise ValueError("items.id must be 0..N-1 in order (the row number of each item's code)")
     if thumbnails is not None and len(thumbnails) != n:
         raise ValueError(f"got {len(thumbnails)} thumbnails for {n} items")
-    quantizer = quantizer if quantizer is not None else GlobalQuantizer()
-    final = Path(path)
-    with writer_lock(final):  # one writer per folder: a second one gets a clear error, not a race
-        staged_final = final.with_name(final.name + ".new")
-        shutil.rmtree(staged_final, ignore_errors=True)  # we hold the lock: a leftover is from a crashed write
-        with staging_dir(staged_final) as staged:
-            folder = staged.path
-            np.save(folder / "codes.npy", codes, allow_pickle=False)
-            pq.write_table(table, folder / "items.parquet", row_group_size=ROW_GROUP_ROWS)
-            files = ["codes.npy", "items.parquet"]
-            if thumbnails is not None:
-                offsets = np.zeros(n + 1, np.int64)
-                with open(folder / "thumbs.bin", "wb") as f:
-                    for i, jpeg in enumerate(thumbnails):
-                        f.write(jpeg)
-                        offsets[i + 1] = offsets[i] + len(jpeg)
-                np.save(folder / "thumbs.idx.npy", offsets, allow_pickle=False)
-                files += ["thumbs.bin", "thumbs.idx.npy"]
-            for name, data in (assets or {}).items():
-                target = folder / name
-                if Path(name).is_absolute() or ".." in Path(name).parts or name in files:
-                    raise ValueError(f"asset name {name!r} must be a new relative path inside the catalog")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-                files.append(name)
-            manifest = {"format": FORMAT, "version": VERSION, "n_items": n, "dim": dim,
-                        "quantizer": quantizer.to_dict(), "encoder": encoder, "extra": extra or {},
-                        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
-                                  for name in files}}
-            (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if not staged.published:
-            raise ValueError(f"another process is writing a catalog at {final}; try again when it has finished")
-        # swap the complete new folder into place; the old catalog (if any) is removed only afterwards
-        old = final.with_name(final.name + ".old")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-        os.rename(staged_final, final)
-        shutil.rmtree(old, ignore_errors=True)
-    return open_catalog(final)
+    return codes, table
 
 
 class Catalog(CatalogBase):

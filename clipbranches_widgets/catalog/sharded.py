@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_write_text, sha256_file, writer_lock
+from .._atomic import atomic_write_text, replace_dir, sha256_file, writer_lock
 from .base import CatalogBase, check_ids
 from .quantize import GlobalQuantizer, quantizer_from_dict
 
@@ -310,14 +309,14 @@ class ShardedCatalogWriter:
     def _flush(self) -> None:
         import pyarrow as pa
 
-        from .folder import write_catalog
+        from .folder import write_catalog_folder
 
         if not self._buffered:
             return
         name = f"shard-{len(self._shards):05d}"
         codes = np.concatenate(self._codes) if len(self._codes) > 1 else self._codes[0]
         items = pa.concat_tables(self._items, promote_options="default")
-        write_catalog(self.partial / name, codes, items, quantizer=self.quantizer)
+        write_catalog_folder(self.partial / name, codes, items, quantizer=self.quantizer)  # under our lock
         self._shards.append({"name": name, "n_items": int(codes.shape[0]),
                              "manifest_sha256": sha256_file(self.partial / name / "manifest.json")})
         self._codes, self._items, self._buffered = [], [], 0
@@ -341,13 +340,7 @@ class ShardedCatalogWriter:
                     "shards": self._shards, "files": files}
         (self.partial / "progress.json").unlink()
         atomic_write_text(self.partial / "manifest.json", json.dumps(manifest, indent=1))
-        # swap the complete folder into place; the old catalog (if any) goes only afterwards
-        old = self.path.with_name(self.path.name + ".old")
-        if self.path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(self.path, old)
-        os.rename(self.partial, self.path)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(self.partial, self.path)
         from .folder import open_catalog
 
         self.catalog = open_catalog(self.path)
