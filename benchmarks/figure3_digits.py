@@ -89,7 +89,7 @@ def run_draws(codes, labels, methods, ps=PS, reps=5, n_neg=500):
                 truth = (labels == c)[keep]
                 draw = ci * reps + rep
                 for name, make in methods.items():
-                    scores[name][pi, draw] = f1(make(rep).fit(X, y).predict(codes)[keep], truth)
+                    scores[name][pi, draw] = f1(make(rep).fit(X, y).predict(codes)[keep] == 1, truth)
                 scores[names[-1]][pi, draw] = f1(nn_baseline(codes, pos, len(members))[keep], truth)
         print(f"p={p}: " + ", ".join(f"{m} {v[pi].mean():.3f}" for m, v in scores.items()), flush=True)
     return scores

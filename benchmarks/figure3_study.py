@@ -90,7 +90,7 @@ class Digits:
                     proba = model.predict_proba(self.codes)[keep, 1]
                     acc.append([f1(proba > t, truth) for t in thresholds])
                     continue
-                pred = model.predict(self.codes)[keep]
+                pred = model.predict(self.codes)[keep] == 1
                 tp = int((pred & truth).sum())
                 ests = getattr(model, "estimators_", [model])
                 acc.append([f1(pred, truth), tp / max(int(pred.sum()), 1), tp / int(truth.sum()),
@@ -135,7 +135,7 @@ class App:
             for train, seed, truth in self.tasks:
                 model = make(seed + k).fit(train.X, train.y, sample_weight=train.sample_weight)
                 if thresholds is None:
-                    vals.append(f1(model.predict(self.codes), truth))
+                    vals.append(f1(model.predict(self.codes) == 1, truth))
                 else:
                     proba = model.predict_proba(self.codes)[:, 1]
                     vals.append([f1(proba > t, truth) for t in thresholds])

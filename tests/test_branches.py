@@ -50,11 +50,12 @@ def test_fit_returns_self_and_boxes_cover_training_positives(task):
     assert 1 <= len(m.boxes) <= 30
     for b in m.boxes:
         assert b.dims in SUBSETS and b.low.dtype == np.uint8 and (b.low <= b.high).all()
-    pred = m.predict(X)
+    pred = m.predict_mask(X)
     assert pred.dtype == bool and pred.shape == (len(X),)
+    assert m.classes_.tolist() == [0, 1] and np.array_equal(m.predict(X), pred.astype(int))  # labels of y
     assert pred[y == 1].mean() > 0.9  # boxes cover (almost) every training positive
     truth = labels == 2
-    p = m.predict(codes)
+    p = m.predict_mask(codes)
     precision, recall = (p & truth).sum() / p.sum(), (p & truth).sum() / truth.sum()
     assert precision > 0.5 and recall > 0.5
 
@@ -97,7 +98,7 @@ def test_sql_and_rules(task):
     con.execute("CREATE TABLE items (id INTEGER, " + ", ".join(f"f{i} INTEGER" for i in range(32)) + ")")
     con.executemany(f"INSERT INTO items VALUES ({','.join('?' * 33)})", [(i, *map(int, r)) for i, r in enumerate(X)])
     got = sorted(r[0] for r in con.execute(sql))
-    assert got == np.flatnonzero(m.predict(X)).tolist()
+    assert got == np.flatnonzero(m.predict_mask(X)).tolist()
     assert len(m.to_rules()) == len(m.boxes)
 
 
@@ -111,10 +112,12 @@ def test_ensemble_votes_per_estimator(task):
     e = BranchEnsemble(n_estimators=9, subsets=SUBSETS, random_state=0).fit(X, y)
     assert len(e.estimators_) == 9
     proba = e.predict_proba(codes)[:, 1]
-    manual = np.mean([est.predict(codes) for est in e.estimators_], axis=0)
+    manual = np.mean([est.predict_mask(codes) for est in e.estimators_], axis=0)
     np.testing.assert_allclose(proba, manual)
     assert proba.max() <= 1.0
-    assert np.array_equal(e.predict(codes), proba > 0.5)
+    assert np.array_equal(e.predict_mask(codes), proba > 0.5)
+    assert np.array_equal(e.predict(codes), (proba > 0.5).astype(int))
+    np.testing.assert_allclose(e.decision_function(codes), 2 * proba - 1)
     again = BranchEnsemble(n_estimators=9, subsets=SUBSETS, random_state=0, n_jobs=1).fit(X, y)
     assert again.to_dict() == e.to_dict()  # threads do not change the result
 
@@ -127,7 +130,7 @@ def test_sample_weight_moves_boxes(task):
     def covered_negatives(weight, class_weight, seeds):
         w = np.where(y == 0, float(weight), 1.0)
         return [int(DecisionBranches(subsets=SUBSETS, random_state=s, class_weight=class_weight)
-                    .fit(X, y, sample_weight=w).predict(X)[y == 0].sum()) for s in seeds]
+                    .fit(X, y, sample_weight=w).predict_mask(X)[y == 0].sum()) for s in seeds]
 
     light, heavy = covered_negatives(1, None, [0]), covered_negatives(50, None, [0])
     assert heavy[0] < light[0]
@@ -233,7 +236,7 @@ def test_post_tree_filters_boxes(task):
     plain = DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y)
     assert [b.to_dict() for b in m.boxes] == [b.to_dict() for b in plain.boxes]
     assert len(m.post_trees_) == len(m.boxes)
-    p, q = m.predict(codes), plain.predict(codes)
+    p, q = m.predict_mask(codes), plain.predict_mask(codes)
     assert not (p & ~q).any()  # trees only remove
     ids = np.flatnonzero(q)
     assert np.array_equal(ids[m.refine_hits(codes, ids)], np.flatnonzero(p))
@@ -242,16 +245,16 @@ def test_post_tree_filters_boxes(task):
 
 @pytest.mark.parametrize("X, y, msg", [
     (np.zeros((5, 32), np.float32) + np.nan, [1, 0, 0, 0, 0], "NaN"),
-    (np.full((5, 32), 300), [1, 0, 0, 0, 0], "outside 0-255"),
-    (np.zeros((5, 32, 1), np.uint8), [1, 0, 0, 0, 0], "2-D"),
-    (np.zeros((0, 32), np.uint8), [], "empty"),
+    (np.full((5, 32), np.inf), [1, 0, 0, 0, 0], "infinity"),
+    (np.zeros((5, 32, 1), np.uint8), [1, 0, 0, 0, 0], "dim 3"),
+    (np.zeros((0, 32), np.uint8), [], "0 sample"),
     (np.zeros((5, 32), np.uint8), [0, 0, 0, 0, 0], "no positives"),
     (np.zeros((5, 32), np.uint8), [1, 1, 1, 1, 1], "no negatives"),
     (np.zeros((1, 32), np.uint8), [1], "no negatives"),
-    (np.zeros((5, 32), np.uint8), [1, 0, 2, 0, 0], "only 0"),
-    (np.zeros((5, 32), np.uint8), [1, 0, 0], "labels but X has 5 rows"),
+    (np.zeros((5, 32), np.uint8), [1, 0, 2, 0, 0], "Only binary classification"),
+    (np.zeros((5, 32), np.uint8), [1, 0, 0], "inconsistent numbers of samples"),
     (np.array([["a"] * 32] * 2), [1, 0], "dtype"),
-    (np.full((2, 32), 1.5), [1, 0], "non-integer"),
+    (np.zeros((5, 32), np.uint8), [0.5, 0.7, 0.1, 0.2, 0.3], "Unknown label type"),
 ])
 def test_bad_training_input(X, y, msg):
     with pytest.raises(ValueError, match=msg):
@@ -260,9 +263,25 @@ def test_bad_training_input(X, y, msg):
         BranchEnsemble(3, subsets=SUBSETS).fit(X, y)
 
 
+@pytest.mark.parametrize("X, msg", [(np.full((2, 32), 300), "outside 0-255"), (np.full((2, 32), 1.5), "non-integer"),
+                                    (np.full((2, 32), np.nan), "NaN")])
+def test_bad_codes_for_a_model_fitted_on_codes(task, X, msg):
+    """A model fitted on uint8 codes takes codes: whole numbers in 0..255 (any other X is quantized
+    only when the model was fitted on it)."""
+    _, _, Xc, y = task
+    for model in (DecisionBranches(subsets=SUBSETS, random_state=0),
+                  BranchEnsemble(3, subsets=SUBSETS, random_state=0)):
+        model.fit(Xc, y)
+        with pytest.raises(ValueError, match=msg):
+            model.predict(X)
+        assert np.array_equal(model.predict(Xc[:5].astype(np.int64)), model.predict(Xc[:5]))  # whole numbers are codes
+
+
 def test_bad_parameters_and_unfitted(task):
     _, _, X, y = task
-    for kw, msg in [({"max_boxes": 0}, "max_boxes"), ({"max_evals": 2.0}, "fraction"), ({"max_evals": "x"}, "max_evals"),
+    for kw, msg in [({"max_boxes": 0}, "max_boxes"),
+                    ({"max_evals": 2.0}, r"max_evals.*a float in the range \(0.0, 1.0\]"),
+                    ({"max_evals": "x"}, "max_evals"),
                     ({"min_pts": -1}, "min_pts"), ({"stop_infinite_split": 2}, "stop_infinite_split"),
                     ({"class_weight": "x"}, "class_weight"), ({"subsets": [(0, 40)]}, "outside"),
                     ({"stop_infinite_split": "half"}, "stop_infinite_split"), ({"stop_infinite_split": True}, "stop_infinite_split"),
@@ -280,7 +299,7 @@ def test_bad_parameters_and_unfitted(task):
         DecisionBranches().predict(X)
     with pytest.raises(ValueError, match="not fitted"):
         BranchEnsemble().predict(X)
-    with pytest.raises(ValueError, match="features, expected 32"):
+    with pytest.raises(ValueError, match="X has 5 features, but DecisionBranches is expecting 32 features"):
         DecisionBranches(subsets=SUBSETS, random_state=0).fit(X, y).predict(X[:, :5])
     with pytest.raises(TypeError):
         BranchEnsemble(bogus=1)
@@ -289,9 +308,9 @@ def test_bad_parameters_and_unfitted(task):
 def test_tiny_training_sets():
     X = np.array([[10] * 32, [200] * 32], np.uint8)
     m = DecisionBranches(random_state=0).fit(X, [1, 0])
-    assert m.predict(X).tolist() == [True, False]
+    assert m.predict_mask(X).tolist() == [True, False] and m.predict(X).tolist() == [1, 0]
     e = BranchEnsemble(5, random_state=0).fit(X, [1, 0])
-    assert e.predict(X).tolist() == [True, False]
+    assert e.predict_mask(X).tolist() == [True, False] and e.predict(X).tolist() == [1, 0]
     # duplicate rows with conflicting labels do not break training
     Xd = np.repeat(X, 3, axis=0)
     DecisionBranches(random_state=0).fit(Xd, [1, 1, 0, 0, 0, 1])
@@ -302,7 +321,7 @@ def test_index_search_applies_post_trees(task):
     codes, _, X, y = task
     m = DecisionBranches(subsets=SUBSETS, random_state=0, post_tree=True).fit(X, y)
     index = BoxIndex.build(codes, SUBSETS)
-    expected = np.flatnonzero(m.predict(codes))
+    expected = np.flatnonzero(m.predict_mask(codes))
     for method in ("index", "scan"):
         assert sorted(index.search(m, method=method).ids.tolist()) == expected.tolist()
     # the plain scan and the one apply entry point answer the same (the scan used to skip the trees)
@@ -330,7 +349,7 @@ def test_trained_models_index_scan_numpy_predict_agree(n, dup):
     for model in (DecisionBranches(subsets=SUBSETS, random_state=1).fit(X, y),
                   BranchEnsemble(7, subsets=SUBSETS, random_state=1).fit(X, y)):
         ref_ids, ref_scores = apply_boxes_numpy(codes, model.box_set_)
-        assert sorted(ref_ids.tolist()) == np.flatnonzero(model.predict(codes)).tolist()
+        assert sorted(ref_ids.tolist()) == np.flatnonzero(model.predict_mask(codes)).tolist()
         for method in ("index", "scan", "auto"):
             hits = index.search(model, method=method)
             np.testing.assert_array_equal(hits.ids, ref_ids)

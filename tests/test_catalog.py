@@ -35,7 +35,7 @@ def test_rewrite_replaces_whole_catalog_and_index_is_keyed(tmp_path):
     assert open_catalog(tmp_path / "cat").box_index().loaded  # a new opener reuses the saved index
     X, y = codes[:60], np.r_[np.ones(10, int), np.zeros(50, int)]
     m = DecisionBranches(random_state=0).fit(X, y)
-    assert sorted(cat.box_index().search(m).ids.tolist()) == np.flatnonzero(m.predict(codes)).tolist()
+    assert sorted(cat.box_index().search(m).ids.tolist()) == np.flatnonzero(m.predict_mask(codes)).tolist()
     new_codes = np.ascontiguousarray(codes[::-1])
     cat2 = write_catalog(tmp_path / "cat", new_codes, pa.table({"caption": ["x"] * 300}))
     np.testing.assert_array_equal(cat2.codes, new_codes)
@@ -155,7 +155,7 @@ def test_box_index_falls_back_to_the_cache_then_memory(tmp_path, monkeypatch):
     assert tried == [tmp_path / "cat" / "index", tmp_path / "cache" / "clipbranches" / "index", None]
     X, y = codes[:60], np.r_[np.ones(10, int), np.zeros(50, int)]
     m = DecisionBranches(random_state=0).fit(X, y)
-    assert sorted(index.search(m).ids.tolist()) == np.flatnonzero(m.predict(codes)).tolist()
+    assert sorted(index.search(m).ids.tolist()) == np.flatnonzero(m.predict_mask(codes)).tolist()
 
 
 def test_items_are_read_by_row_group_and_pinned(tmp_path):

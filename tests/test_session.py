@@ -100,7 +100,9 @@ def test_refine_returns_every_catalog_positive(marked, model):
     else:
         assert result.model_name == model and result.selection["reason"] == f"{model} was asked for"
     codes = np.asarray(catalog.codes)
-    if model in ("branches", "ensemble", "linear"):
+    if model in ("branches", "ensemble"):
+        expected = np.flatnonzero(result.model.predict_mask(codes))
+    elif model == "linear":
         expected = np.flatnonzero(result.model.predict(codes))
     else:
         expected = np.flatnonzero(result.model.predict_proba(codes.astype(np.float32))[:, 1] > 0.5)

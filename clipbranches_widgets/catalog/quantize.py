@@ -78,7 +78,8 @@ class PerDimQuantizer:
         self.low = np.quantile(arr, quantile, axis=0)
         self.high = np.quantile(arr, 1.0 - quantile, axis=0)
         flat = self.high <= self.low  # a constant dim: give it a tiny range so the map is defined
-        self.high[flat] = self.low[flat] + 1e-6
+        # (at least one float step: beyond ~1e10, low + 1e-6 rounds back to low and the map divides by 0)
+        self.high[flat] = np.maximum(self.low[flat] + 1e-6, np.nextafter(self.low[flat], np.inf))
         return self
 
     def _fitted(self):

@@ -1,4 +1,4 @@
-"""The decision-branch engine: numpy + Numba only (no torch, no widgets).
+"""The decision-branch engine: numpy + Numba, scikit-learn for the estimator API (no torch, no widgets).
 
     from clipbranches_widgets.engine import feature_subsets, DecisionBranches, BranchEnsemble, LinearCodes, BoxIndex
 """

@@ -95,12 +95,50 @@ def check_sample_weight(sample_weight, n_rows: int) -> np.ndarray:
 
 
 def check_random_state(random_state) -> np.random.Generator:
-    """A local ``np.random.Generator`` from ``None``, an int seed, a SeedSequence or a Generator."""
+    """A local ``np.random.Generator`` from ``None``, an int seed, a SeedSequence, a Generator or a
+    legacy ``np.random.RandomState`` (scikit-learn's convention: a seed is drawn from it, so it
+    advances, and refits with the same instance differ)."""
     if isinstance(random_state, np.random.Generator):
         return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(int(random_state.randint(np.iinfo(np.int32).max)))
     if random_state is not None and not isinstance(random_state, (int, np.integer, np.random.SeedSequence)):
         raise ValueError(f"random_state must be None, an int or a numpy Generator; got {type(random_state).__name__}")
     return np.random.default_rng(random_state)
+
+
+def check_binary_target(y, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, y01)`` for a binary target of any label type, or a ``ValueError`` as scikit-learn gives.
+
+    ``classes`` are the two distinct labels, sorted (``np.unique``); ``y01`` is int8, 1 where a row
+    holds ``classes[1]``, the class the boxes describe (1, True, or the later string: scikit-learn's
+    positive class). ``y`` must already be 1-D and as long as X (``validate_data`` sees to both).
+    """
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target
+
+    check_classification_targets(y)  # "Unknown label type" for a continuous target
+    y_type = type_of_target(y, input_name="y")
+    if y_type != "binary":
+        raise ValueError(f"Only binary classification is supported. The type of the target is {y_type}: "
+                         f"{name} learns boxes around one class against one other (found "
+                         f"{len(np.unique(y))} classes).")
+    classes, y01 = np.unique(y, return_inverse=True)
+    if classes.shape[0] < 2:
+        only = classes.tolist()[0]
+        hint = ""
+        if not isinstance(only, str) and only in (0, 1):  # the engine's 0/1 marks (or False / True)
+            hint = ("no negatives: mark at least one item negative or add random negatives before training; "
+                    if only == 1 else "no positives: mark at least one item as positive before training; ")
+        raise ValueError(f"{hint}y holds only one class ({only!r}); {name} needs exactly two classes")
+    return classes, y01.astype(np.int8)
+
+
+def check_weighted_classes(y01: np.ndarray, w: np.ndarray, classes: np.ndarray, name: str) -> None:
+    """Raise ``ValueError`` when a class carries no sample weight (a one-class problem in disguise)."""
+    for k, label in enumerate(classes.tolist()):
+        if not (w[y01 == k] > 0).any():
+            raise ValueError(f"sample_weight is zero on every row of class {label!r}; {name} needs both "
+                             "classes weighted")
 
 
 def check_subsets(subsets, n_features: int) -> list[tuple[int, ...]]:

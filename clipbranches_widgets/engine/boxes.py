@@ -4,7 +4,7 @@ A decision-branch model is a union of axis-aligned boxes. A :class:`Box` constra
 (``dims``) to closed uint8 ranges ``[low, high]``. An ensemble is several such unions; an item is
 positive when more than half of the estimators contain it.
 
-Every way of applying a model to a catalog (fused scan, index, ``predict``) must return exactly what
+Every way of applying a model to a catalog (fused scan, index, ``predict_mask``) must return exactly what
 :func:`apply_boxes_numpy` returns: the ids it calls positive, each with the score defined here.
 
 Scores (what results are ranked by, highest first, ties by ascending id):

@@ -23,15 +23,25 @@ These defaults were measured for p <= 64. Over several rounds of the app's loop 
 broad concepts; table 11) "tapered" weights and the fading split shrink the boxes (ensemble, round 3,
 median F1 0.73 vs 0.85 with "sqrt" and 0.25), so ``SearchSession`` keeps those for its box models.
 ``DecisionBranches(**ORIGINAL_PARAMS)`` reproduces the original app's ``db`` configuration.
+
+``DecisionBranches`` is a binary scikit-learn classifier (labels of any type, any numeric X: non-uint8
+input is quantized per dim onto uint8 codes in ``fit``); ``predict_mask`` is the boolean box
+membership that the engine's scan and index compute over a catalog's codes.
 """
 
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._validation import check_codes, check_labels, check_random_state, check_sample_weight, check_subsets
+from ..catalog.quantize import PerDimQuantizer
+from ._validation import (check_binary_target, check_codes, check_random_state, check_sample_weight, check_subsets,
+                          check_weighted_classes)
 from .boxes import MAX_BOX_DIMS, Box, BoxSet, sql_identifier
 from .growth import grow_candidates_parallel, grow_candidates_serial
 from .subsets import default_subsets
@@ -55,35 +65,26 @@ SCORE_TIE_DECIMALS = 12
 
 
 def resolve_max_evals(max_evals, n_subsets: int) -> int:
-    """How many subsets to try per box: "all", "sqrt", "log2", a fraction in (0, 1] or an int."""
+    """How many subsets to try per box: "all" (or None), "sqrt", "log2", a fraction in (0, 1] or an int
+    (values the estimators' ``_parameter_constraints`` have checked)."""
     if max_evals == "all" or max_evals is None:
         k = n_subsets
     elif max_evals == "sqrt":
         k = math.ceil(math.sqrt(n_subsets))
     elif max_evals == "log2":
         k = math.ceil(math.log2(n_subsets)) if n_subsets > 1 else 1
-    elif isinstance(max_evals, (float, np.floating)) and not isinstance(max_evals, bool):
-        if not 0.0 < max_evals <= 1.0:
-            raise ValueError(f"max_evals as a fraction must be in (0, 1]; got {max_evals}")
-        k = math.ceil(max_evals * n_subsets)
-    elif isinstance(max_evals, (int, np.integer)) and not isinstance(max_evals, bool):
-        if max_evals < 1:
-            raise ValueError(f"max_evals must be >= 1; got {max_evals}")
+    elif isinstance(max_evals, Integral):
         k = int(max_evals)
     else:
-        raise ValueError(f"max_evals must be 'all', 'sqrt', 'log2', a fraction or an int; got {max_evals!r}")
+        k = math.ceil(max_evals * n_subsets)
     return max(1, min(k, n_subsets))
 
 
 def resolve_min_pts(min_pts, n_pos: int) -> int:
-    """Distinct values examined per side when growing ("auto" = min(50, 1.5 x positives); 0 = all)."""
+    """Distinct values examined per side when growing ("auto" = min(50, 1.5 x positives); None = all, as 0)."""
     if min_pts == "auto":
         return max(1, min(50, int(1.5 * n_pos)))
-    if min_pts is None:
-        return 0
-    if isinstance(min_pts, (int, np.integer)) and not isinstance(min_pts, bool) and min_pts >= 1:
-        return int(min_pts)
-    raise ValueError(f"min_pts must be 'auto', None or an int >= 1; got {min_pts!r}")
+    return 0 if min_pts is None else int(min_pts)
 
 
 def n_positives(y: np.ndarray, w: np.ndarray) -> int:
@@ -145,19 +146,113 @@ def pad_subsets(subsets: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]
     return dims, sizes
 
 
-class DecisionBranches:
-    """Decision-branch classifier over uint8 codes: positive inside at least one learnt box.
+def encode_class_weight(class_weight, classes: np.ndarray):
+    """``class_weight`` as :func:`class_weight_factors` takes it: a dict keyed by class labels becomes
+    ``{0: w, 1: w}`` (0 = ``classes[0]``, 1 = ``classes[1]``); anything else is returned as it is."""
+    if not isinstance(class_weight, dict):
+        return class_weight
+    labels = classes.tolist()
+    unknown = [k for k in class_weight if k not in labels]
+    if unknown:
+        raise ValueError(f"class_weight names {unknown!r}, which are not classes of y ({labels!r})")
+    return {i: class_weight[c] for i, c in enumerate(labels) if c in class_weight}
+
+
+#: scikit-learn parameter constraints shared by DecisionBranches and BranchEnsemble (checked by ``fit``)
+BRANCH_PARAMETER_CONSTRAINTS = {
+    "subsets": [None, "array-like"],
+    "max_boxes": [Interval(Integral, 1, None, closed="left")],
+    "max_evals": [StrOptions({"all", "sqrt", "log2"}), Interval(RealNotInt, 0, 1, closed="right"),
+                  Interval(Integral, 1, None, closed="left"), None],
+    "min_pts": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left"), None],
+    "min_samples_in_box": [Interval(Integral, 1, None, closed="left")],
+    "early_stopping": ["boolean"],
+    "stop_infinite": ["boolean"],
+    "stop_infinite_split": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both")],
+    "split_scale": [Interval(Real, 0, None, closed="neither")],
+    "n_sweeps": [Interval(Integral, 1, None, closed="left")],
+    "class_weight": [StrOptions({"tapered", "sqrt", "balanced"}), dict, None],
+    "seed_positive": [StrOptions({"centroid", "random"})],
+    "retry_limit": [Interval(Integral, 1, None, closed="left")],
+    "random_state": ["random_state", np.random.Generator, np.random.SeedSequence],
+}
+
+
+def check_split_not_bool(split) -> None:
+    """scikit-learn's intervals take ``True`` as 1; a bool here is a mix-up with ``stop_infinite``."""
+    if isinstance(split, (bool, np.bool_)):
+        raise ValueError(f"stop_infinite_split must be a number in [0, 1] or 'auto', not {split!r} "
+                         "(did you mean stop_infinite?)")
+
+
+def prepare_fit(estimator, X, y, sample_weight) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Training input as the kernels take it: ``(codes, y01, w, subsets)``, or a clear ``ValueError``.
+
+    Validates like any scikit-learn estimator (``validate_data``: a 2-D numeric X without NaN or
+    infinity, one label per row) and sets ``n_features_in_`` (``feature_names_in_`` for a
+    DataFrame), ``classes_`` and ``quantizer_`` on ``estimator``. uint8 X is used as codes
+    unchanged (``quantizer_`` None); any other numeric X is quantized per dim
+    (:class:`~clipbranches_widgets.catalog.quantize.PerDimQuantizer`, fitted here).
+    """
+    name = type(estimator).__name__
+    X, y = validate_data(estimator, X, y)
+    classes, y01 = check_binary_target(y, name)
+    w = check_sample_weight(sample_weight, X.shape[0])
+    check_weighted_classes(y01, w, classes, name)
+    if X.dtype == np.uint8:
+        quantizer, codes = None, np.ascontiguousarray(X)
+    else:
+        quantizer = PerDimQuantizer().fit(X)
+        codes = quantizer.quantize(X)
+    subsets = default_subsets(X.shape[1]) if estimator.subsets is None else check_subsets(estimator.subsets, X.shape[1])
+    estimator.classes_, estimator.quantizer_ = classes, quantizer
+    return codes, y01, w, subsets
+
+
+def transform_codes(estimator, X) -> np.ndarray:
+    """``X`` as the uint8 codes the fitted ``estimator``'s boxes live in (its ``quantizer_`` applied).
+
+    Checked against the fit (same width and feature names, numeric, finite). A model fitted on uint8
+    codes takes uint8 codes, or numbers that are whole and in 0..255; empty X gives no rows.
+    """
+    check_is_fitted(estimator)
+    X = validate_data(estimator, X, reset=False, ensure_min_samples=0)
+    if estimator.quantizer_ is None:
+        return check_codes(X, allow_empty=True)
+    return estimator.quantizer_.quantize(X)
+
+
+class DecisionBranches(ClassifierMixin, BaseEstimator):
+    """Decision-branch classifier: a row is in the positive class when it lies inside a learnt box.
+
+    A binary scikit-learn classifier (``clone``, ``cross_val_score``, ``GridSearchCV``, pipelines).
+    The boxes live in uint8 code space, the catalog's:
+
+    * uint8 ``X`` is taken as codes, unchanged: what a catalog stores and what the engine's scan,
+      :class:`~.index.BoxIndex` and :func:`~.apply.apply_model` answer;
+    * any other numeric ``X`` (floats, ints, bools; any width) is quantized per dimension in ``fit``:
+      each dim's 0.1%..99.9% quantile range onto the 256 levels, values beyond clipped (the
+      catalog's :class:`~clipbranches_widgets.catalog.quantize.PerDimQuantizer`). The fitted map is
+      ``quantizer_`` and every prediction applies it. It is affine per dim, so scaling the input
+      first (``StandardScaler``) changes the model only by rounding.
+
+    Labels: any two distinct values (ints, bools, strings). ``classes_`` holds them sorted and the
+    boxes describe ``classes_[1]`` (1, True, or the later string: scikit-learn's positive class);
+    the engine's apply paths return the rows of that class. One class or more than two: ValueError.
 
     Parameters
     ----------
     subsets : list of tuples, optional
-        Feature subsets a box may use (each box constrains exactly one subset). Default: the
-        paper's 104 random subsets for 32-d codes (:func:`~.subsets.default_subsets`). Use the same
-        list as the :class:`~.index.BoxIndex` so every box can be answered by the index.
+        Feature subsets a box may use (each box constrains exactly one subset, at most 8 dims).
+        Default: :func:`~.subsets.default_subsets` for the width of X: the paper's 104 random
+        subsets for 32 dims (4, 6 and 8 dims each), the same sizes with counts scaled by d / 32 for
+        wider data (each dim lies in about 16 subsets), capped at what exists for narrower data, and
+        one subset of all dims below 4 dims. Use the same list as the :class:`~.index.BoxIndex` so
+        every box can be answered by the index.
     max_boxes : int, default 30
         Upper bound on the number of boxes.
-    max_evals : "all", "sqrt", "log2", float or int, default "all"
-        Subsets tried per box (drawn without replacement, fresh for every box).
+    max_evals : "all", "sqrt", "log2", float in (0, 1], int or None, default "all"
+        Subsets tried per box (drawn without replacement, fresh for every box); None = "all".
     min_pts : "auto", None or int, default None
         Distinct values examined per side when growing; None = all, "auto" = min(50, 1.5 x
         #positives) (the original's setting, which lets a box from one positive grow by one value).
@@ -183,7 +278,8 @@ class DecisionBranches:
         Sweeps over a box's dims while bounds still change (1 = the original algorithm).
     class_weight : None, "tapered", "sqrt", "balanced" or dict, default "tapered"
         Multiplies sample weights per class. "balanced": both classes weigh the same in total;
-        "sqrt": the square root of the balanced factors; None: the original. "tapered" (p = number
+        "sqrt": the square root of the balanced factors; a dict: ``{label: weight}`` for the labels
+        of y (missing labels weigh 1); None: the original. "tapered" (p = number
         of positives): balanced up to 5 positives, then the positives' total weight is 5 / p of the
         negatives' (negatives keep their own weights), so one positive weighs ``n_neg * 5 / p**2``
         random negatives ((50 / p)**2 with 500). Why: the Gini growth admits a region when its
@@ -209,16 +305,34 @@ class DecisionBranches:
         (the original's "postTree"); predictions then need the trees as well as the boxes.
     n_jobs : int or None, default None
         1 grows candidate boxes serially; anything else lets Numba use all its threads.
-    random_state : None, int or numpy Generator
+    random_state : None, int, numpy Generator, SeedSequence or RandomState
         Seeds every random choice (seed positives, subset draws, dim orders, post trees).
 
     Attributes
     ----------
-    boxes_ (alias ``boxes``) : list of :class:`~.boxes.Box`; box_set_ : :class:`~.boxes.BoxSet`;
-    box_stats_ : list of dicts (training positives/negatives weight and count covered, impurity);
-    post_trees_ : list (one sklearn tree or None per box) when ``post_tree``; n_features_in_;
-    subsets_ ; n_boxes_tried_ (seed iterations run).
+    classes_ : ndarray of shape (2,)
+        The two labels, sorted; the boxes describe ``classes_[1]``.
+    quantizer_ : PerDimQuantizer or None
+        The per-dim map from X to codes (None when X was uint8 codes).
+    boxes_ (alias ``boxes``) : list of :class:`~.boxes.Box`
+        The learnt boxes, in code space.
+    box_set_ : :class:`~.boxes.BoxSet`
+        The boxes as the scan and index kernels read them.
+    box_stats_ : list of dict
+        Per box: training positives / negatives covered (weight and count) and impurity.
+    post_trees_ : list or None
+        One sklearn tree or None per box when ``post_tree``.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when X was a DataFrame with string column names.
+    subsets_ : list of tuples
+        The feature subsets used.
+    n_boxes_tried_ : int
+        Seed iterations run.
     """
+
+    _parameter_constraints: dict = {**BRANCH_PARAMETER_CONSTRAINTS, "post_tree": ["boolean"],
+                                    "n_jobs": [None, Integral]}
 
     def __init__(self, subsets=None, *, max_boxes=30, max_evals="all", min_pts=None, min_samples_in_box=1,
                  early_stopping=True, stop_infinite=True, stop_infinite_split="auto", split_scale=4.0, n_sweeps=3,
@@ -241,57 +355,36 @@ class DecisionBranches:
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    # -- scikit-learn style parameter access ---------------------------------------------------
-    _PARAMS = ("subsets", "max_boxes", "max_evals", "min_pts", "min_samples_in_box", "early_stopping",
-               "stop_infinite", "stop_infinite_split", "split_scale", "n_sweeps", "class_weight", "seed_positive",
-               "retry_limit", "post_tree", "n_jobs", "random_state")
-
-    def get_params(self, deep: bool = True) -> dict:
-        return {k: getattr(self, k) for k in self._PARAMS}
-
-    def set_params(self, **params) -> "DecisionBranches":
-        for k, v in params.items():
-            if k not in self._PARAMS:
-                raise ValueError(f"unknown parameter {k!r} for {type(self).__name__}")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = type(self)().get_params()
-        changed = {k: v for k, v in self.get_params().items() if k != "subsets" and v != defaults[k]}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # boxes around one class, against the other
+        return tags
 
     # -- training ------------------------------------------------------------------------------
-    def _check_params(self):
-        for name in ("max_boxes", "min_samples_in_box", "n_sweeps", "retry_limit"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1; got {v!r}")
-        split = self.stop_infinite_split
-        if isinstance(split, str):
-            resolve_split(split, 1.0, 1)  # raises on anything but "auto"
-        elif isinstance(split, bool) or not isinstance(split, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(split) <= 1.0:
-            raise ValueError(f"stop_infinite_split must be a number in [0, 1] or 'auto'; got {split!r}")
-        scale = self.split_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
-                or not (math.isfinite(float(scale)) and float(scale) > 0.0):
-            raise ValueError(f"split_scale must be a number > 0; got {scale!r}")
-        if self.seed_positive not in ("centroid", "random"):
-            raise ValueError(f"seed_positive must be 'centroid' or 'random'; got {self.seed_positive!r}")
-
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None) -> "DecisionBranches":
-        """Learn boxes from uint8 codes ``X`` (n, d) and 0/1 labels ``y``. Returns self."""
-        self._check_params()
-        X = check_codes(X)
-        y = check_labels(y, X.shape[0])
-        w = check_sample_weight(sample_weight, X.shape[0])
-        w = w * class_weight_factors(self.class_weight, y, w)
-        subsets = default_subsets(X.shape[1]) if self.subsets is None else check_subsets(self.subsets, X.shape[1])
+        """Learn boxes around the rows of ``classes_[1]``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            uint8 codes, or any numeric data (quantized per dim, see the class docs); no NaN or infinity.
+        y : array-like of shape (n_samples,)
+            Two distinct labels.
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative row weights (``class_weight`` multiplies them); both classes need some.
+
+        Returns
+        -------
+        self : DecisionBranches
+        """
+        check_split_not_bool(self.stop_infinite_split)
+        codes, y01, w, subsets = prepare_fit(self, X, y, sample_weight)
+        w = w * class_weight_factors(encode_class_weight(self.class_weight, self.classes_), y01, w)
         rng = check_random_state(self.random_state)
-        self._fit_weighted(X, y, w, subsets, rng)
+        self._fit_weighted(codes, y01, w, subsets, rng)
         if self.post_tree:
-            self._fit_post_trees(X, y, w, rng)
+            self._fit_post_trees(codes, y01, w, rng)
         return self
 
     def _fit_weighted(self, X, y, w, subsets, rng):
@@ -389,23 +482,49 @@ class DecisionBranches:
     @property
     def boxes(self) -> list[Box]:
         """The learnt boxes (after ``fit``)."""
-        self._check_fitted()
+        check_is_fitted(self)
         return self.boxes_
 
-    def _check_fitted(self):
-        if not hasattr(self, "boxes_"):
-            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
-
-    def _check_X(self, X) -> np.ndarray:
-        self._check_fitted()
-        return check_codes(X, n_features=self.n_features_in_, allow_empty=True)
-
     def predict(self, X) -> np.ndarray:
-        """Boolean mask: True where a row is inside at least one box (and its post tree says so)."""
-        X = self._check_X(X)
-        out = np.zeros(X.shape[0], bool)
+        """``classes_[1]`` for the rows inside the model (see :meth:`predict_mask`), else ``classes_[0]``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,), labels from ``classes_``
+        """
+        mask = self.predict_mask(X)  # checks that the model is fitted
+        return self.classes_[mask.astype(np.intp)]
+
+    def predict_mask(self, X) -> np.ndarray:
+        """Boolean mask: True where a row lies inside at least one box (and its post tree accepts it).
+
+        The rows ``predict`` labels ``classes_[1]``; on uint8 codes exactly the rows the engine's
+        scan, index and :func:`~.apply.apply_model` return.
+        """
+        return self._mask_codes(transform_codes(self, X))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(n, 2) array, columns in the order of ``classes_``: column 1 is 1.0 inside the model
+        (:meth:`predict_mask`) and 0.0 outside.
+
+        A single branch model is a hard classifier: a row is in a box or not, and the training
+        statistics of a box (``box_stats_``) describe the rows it was grown on, not the rows it
+        generalises to. (The engine ranks a single model's hits by their depth in the best box,
+        :mod:`.boxes`: a ranking score, not a probability.) For graded probabilities use
+        :class:`~.ensemble.BranchEnsemble`, the fraction of its estimators voting yes.
+        """
+        p = self.predict_mask(X).astype(np.float64)
+        return np.column_stack([1.0 - p, p])
+
+    def _mask_codes(self, codes: np.ndarray) -> np.ndarray:
+        """:meth:`predict_mask` on validated uint8 codes (the ensemble calls it once per estimator)."""
+        out = np.zeros(codes.shape[0], bool)
         for i, box in enumerate(self.boxes_):
-            out |= self._box_members(i, box, X)
+            out |= self._box_members(i, box, codes)
         return out
 
     def _box_members(self, i: int, box: Box, X: np.ndarray) -> np.ndarray:
@@ -420,7 +539,7 @@ class DecisionBranches:
         """Keep the ids (rows of ``codes`` inside the union of boxes) that a box's post tree accepts.
 
         Identity without post trees. Index and scan answer the boxes; this step applies the trees,
-        box by box, to the rows each box returned, so the result equals :meth:`predict`.
+        box by box, to the rows each box returned, so the result equals :meth:`predict_mask`.
         """
         if self.post_trees_ is None or all(t is None for t in self.post_trees_) or ids.shape[0] == 0:
             return np.ones(ids.shape[0], bool)
@@ -431,7 +550,11 @@ class DecisionBranches:
         return keep
 
     def to_rules(self, feature_names=None) -> list[str]:
-        """One readable rule per box, e.g. ``"12 <= f3 <= 80 AND f7 >= 140"``."""
+        """One readable rule per box, e.g. ``"12 <= f3 <= 80 AND f7 >= 140"``.
+
+        Bounds are codes (0..255); for a model fitted on non-uint8 X, ``quantizer_.dequantize``
+        gives the X value at the centre of a code's bucket.
+        """
         return [b.to_rule(feature_names) for b in self.boxes]
 
     def to_sql(self, table: str = "items", *, id_column: str = "id", column_prefix: str = "f",

@@ -352,7 +352,7 @@ def _scan_votes_by(codes: np.ndarray, box_set: BoxSet, strategy: str) -> tuple[n
 def scan_box_set(codes, model) -> SearchResult:
     """Apply a model (or BoxSet) to ``codes`` by a fused parallel scan; ranked like ``apply_boxes_numpy``.
 
-    A DecisionBranches with post trees is answered like :meth:`BoxIndex.search` and ``predict``:
+    A DecisionBranches with post trees is answered like :meth:`BoxIndex.search` and ``predict_mask``:
     the boxes' hits are filtered by the trees.
 
     ``stats``: method ``"scan"``, ``n_boxes``, ``n_estimators``, ``count`` and timings

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from .boxes import MAX_BOX_DIMS
+
 #: The paper's layout for 32-d codes: 64 subsets of 4 dims, 32 of 6, 8 of 8 (104 in all).
 PAPER_SUBSET_SIZES = {4: 64, 6: 32, 8: 8}
 
 
 def default_subsets(n_features: int) -> list[tuple[int, ...]]:
-    """The paper's layout where it fits (``{4: 64, 6: 32, 8: 8}``, seed 42), shrunk for narrow codes.
+    """The feature subsets a box model (and a catalog's BoxIndex) uses when none are given, for any width.
 
-    Sizes wider than ``n_features`` are dropped and counts are capped at the number of distinct
-    subsets that exist; codes narrower than 4 dims get the single subset of all dims.
+    * 32 dims: the paper's layout, ``{4: 64, 6: 32, 8: 8}`` (104 subsets, seed 42); each dim lies in
+      16 subsets on average.
+    * Narrower: the same counts, capped at the number of distinct subsets that exist, sizes wider
+      than ``n_features`` dropped; fewer than 4 dims get the single subset of all dims.
+    * Wider: every count scaled by ``n_features / 32`` (rounded up), so each dim still lies in about
+      16 subsets (a fixed 104 subsets would leave dims unused: 784-d pixels would get 512 dim slots
+      for 784 dims). Training tries ``max_evals`` of them per box, so its cost grows with the width
+      unless ``max_evals`` is a number.
+
+    No subset is wider than ``MAX_BOX_DIMS`` (8), the widest box the kernels hold.
     """
-    from math import comb
+    from math import ceil, comb
 
-    sizes = {k: min(v, comb(n_features, k)) for k, v in PAPER_SUBSET_SIZES.items() if k <= n_features}
+    scale = max(1.0, n_features / 32)
+    sizes = {k: min(ceil(v * scale), comb(n_features, k)) for k, v in PAPER_SUBSET_SIZES.items()
+             if k <= min(n_features, MAX_BOX_DIMS)}
     if not sizes:
         return [tuple(range(n_features))]
     return feature_subsets(n_features, sizes, seed=42)
@@ -43,8 +55,8 @@ def feature_subsets(n_features: int = 32, sizes: dict[int, int] | None = None, s
     out: list[tuple[int, ...]] = []
     for size, count in sorted(sizes.items()):
         size, count = int(size), int(count)
-        if not 1 <= size <= min(8, n_features):
-            raise ValueError(f"subset size {size} must be between 1 and min(8, n_features={n_features})")
+        if not 1 <= size <= min(MAX_BOX_DIMS, n_features):
+            raise ValueError(f"subset size {size} must be between 1 and min({MAX_BOX_DIMS}, n_features={n_features})")
         if count < 1 or count > comb(n_features, size):
             raise ValueError(f"cannot draw {count} distinct subsets of size {size} from {n_features} features")
         group: set[tuple[int, ...]] = set()
