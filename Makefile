@@ -21,14 +21,17 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	touch $@
 
 # The dashboard on the committed default catalog (data/demo), served by Voila on 127.0.0.1.
+# VISITORS: how many people will open it at once (a class: make demo VISITORS=30); that many
+# kernels are started and warmed before they arrive (see README, "Serving a class").
 PORT ?= 8866
+VISITORS ?= 1
 demo: setup
 	@echo "clipbranches dashboard: open http://127.0.0.1:$(PORT)/ in your browser (Ctrl-C stops it)"
-	$(VENV)/bin/voila --no-browser --port=$(PORT) --Voila.ip=127.0.0.1 --preheat_kernel=True notebooks/dashboard.ipynb
+	$(PY) -m clipbranches_widgets serve --visitors=$(VISITORS) --port=$(PORT)
 
 # The engine alone, in the terminal (no catalog, no browser).
 engine-demo: setup
-	$(PY) -m clipbranches_widgets.engine.demo
+	$(PY) -m clipbranches_widgets.demo_engine
 
 # pytest's own exit status is also written to $(VENV)/.pytest-exitcode (make itself exits 2 on
 # any failure); .ci/run exits with it.

@@ -1,4 +1,4 @@
-"""Command line: ``python -m clipbranches_widgets {build-catalog,search} ...`` (see ``--help``)."""
+"""Command line: ``python -m clipbranches_widgets {build-catalog,search,serve} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -86,9 +86,15 @@ def _search(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # its own options, and Voilà's after them (see serve --help)
+        from .serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m clipbranches_widgets",
-                                     description="Build and query clipbranches catalogs.")
+                                     description="Build, query and serve clipbranches catalogs.")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="serve the dashboard (Voilà) to one visitor or a class: serve --visitors 30")
 
     b = sub.add_parser("build-catalog", help="build a catalog from the demo world, pictures or embeddings",
                        description="Without --folder, --webdataset or --embeddings: generate the shapes "

@@ -1,4 +1,4 @@
-"""Start the Voilà dashboard and a headless Chromium for browser tests and the dashboard benchmark.
+"""Start the dashboard server (Voilà) and a headless Chromium for browser tests and the dashboard benchmark.
 
 Chromium comes from Debian (``/usr/bin/chromium``; ``.ci/run`` installs it); Playwright drives it
 through ``executable_path`` because ``playwright install`` cannot download browsers here. Voilà
@@ -7,6 +7,7 @@ listens on 127.0.0.1 only and is stopped by its PID (its whole process group, ke
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -44,7 +45,7 @@ def _wait_for_port(proc, port: int, timeout: float, log_path) -> None:
             time.sleep(0.3)
 
 
-def _stop(proc) -> None:
+def stop_process_group(proc) -> None:
     """Stop a server started with start_new_session=True: its whole process group (kernels too)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -56,22 +57,19 @@ def _stop(proc) -> None:
             pass
 
 
-def voila_command(notebook: Path, port: int, preheat: bool = True) -> list[str]:
-    """The Voilà command line of ``make demo``. With ``preheat`` Voilà keeps one kernel that has
-    already run the notebook (imports, catalog, warm-up) ready for the next visitor."""
-    voila = Path(sys.executable).with_name("voila")
-    cmd = [str(voila), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"]
-    if preheat:
-        cmd.append("--preheat_kernel=True")
-    return cmd + [str(notebook)]
+def serve_command(port: int, visitors: int = 1, notebook: Path = DASHBOARD, *extra: str) -> list[str]:
+    """The server ``make demo`` runs: ``python -m clipbranches_widgets serve`` (a query process and
+    Voilà with ``visitors`` preheated kernels that have already run the notebook)."""
+    return [sys.executable, "-m", "clipbranches_widgets", "serve", f"--visitors={visitors}", f"--port={port}",
+            f"--notebook={notebook}", *extra]
 
 
 @contextmanager
 def voila_server(notebook: Path = DASHBOARD, env: dict | None = None, log_path: Path | None = None,
-                 timeout: float = 90.0, preheat: bool = True):
-    """Yield the URL of a Voilà server rendering ``notebook``; stop it afterwards by PID."""
+                 timeout: float = 120.0, visitors: int = 1, extra_args=()):
+    """Yield the URL of the dashboard server (``serve_command``); stop it afterwards by PID."""
     port = free_port()
-    cmd = voila_command(notebook, port, preheat)
+    cmd = serve_command(port, visitors, notebook, *extra_args)
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
@@ -81,7 +79,7 @@ def voila_server(notebook: Path = DASHBOARD, env: dict | None = None, log_path: 
         _wait_for_port(proc, port, timeout, log_path)
         yield url
     finally:
-        _stop(proc)
+        stop_process_group(proc)
         if log_path:
             log.close()
 
@@ -170,6 +168,90 @@ def jupyterlab_server(root_dir: Path, log_path: Path | None = None, timeout: flo
         _wait_for_port(proc, port, timeout, log_path)
         yield f"http://127.0.0.1:{port}/"
     finally:
-        _stop(proc)
+        stop_process_group(proc)
         if log_path:
             log.close()
+
+
+# -- a class: K visitors at once (Playwright's async API) ------------------------------------------
+CLASS_QUERY = "a red star"
+CLASS_STEP_TIMEOUT_MS = 240_000
+
+
+PAINTED = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+
+
+async def wait_until(page, condition: str) -> None:
+    """Wait for a JS condition; an error the app shows (``.cb-error``) ends the wait at once."""
+    handle = await page.wait_for_function(
+        "() => { const e = [...document.querySelectorAll('.cb-error')].map(x => x.textContent.trim())"
+        f".filter(Boolean); if (e.length) return 'ERROR ' + e[0]; return ({condition}) ? 'ok' : false; }}",
+        timeout=CLASS_STEP_TIMEOUT_MS)
+    value = await handle.json_value()
+    if value != "ok":
+        raise RuntimeError(f"the app shows an error: {value[6:]}")
+
+
+async def visitor(browser, url: str, index: int, start: asyncio.Event) -> dict:
+    """One visitor of a class, in its own browser context: when ``start`` is set, open the page
+    (``page_to_app_s``), search "a red star" (``first_grid_s``: page open to its 60 tiles painted),
+    mark the page "All positive", Fine-tune (``finetune_s``: click to the answer painted;
+    ``answer_count``), close the tab. A step that fails or shows ``.cb-error`` ends the visit with
+    ``failed`` = the step and the error."""
+    out = {"visitor": index}
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    # Voilà asks a CDN for FontAwesome; nothing outside 127.0.0.1 is reachable here
+    await page.route("**/*", lambda route: route.abort()
+                     if not route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                     else route.continue_())
+    await start.wait()
+    step = "open the page"
+    try:
+        t0 = time.perf_counter()
+        await page.goto(url, timeout=CLASS_STEP_TIMEOUT_MS)
+        await page.wait_for_selector(".cb-query input", timeout=CLASS_STEP_TIMEOUT_MS)
+        out["page_to_app_s"] = time.perf_counter() - t0
+        step = "search"
+        await page.fill(".cb-query input", CLASS_QUERY)
+        await page.click(".cb-search")
+        await wait_until(page, "document.querySelectorAll('.cb-tile').length >= 60 && [...document.querySelectorAll("
+                               "'.cb-stats[data-count]')].some(s => s.dataset.count === '60')")
+        await page.evaluate(PAINTED)
+        out["first_grid_s"] = time.perf_counter() - t0
+        step = "mark all"
+        await page.click(".cb-all-pos")
+        await wait_until(page, "[...document.querySelectorAll('.cb-tile')].every(t => t.dataset.label === 'pos')")
+        step = "fine-tune"
+        t1 = time.perf_counter()
+        await page.click(".cb-refine")
+        await wait_until(page, "(s => s && s.dataset.view === 'answer' && s.querySelector('.cb-estimate')"
+                               " && document.querySelectorAll('.cb-tile').length > 0)"
+                               "([...document.querySelectorAll('.cb-stats[data-count]')].pop())")
+        await page.evaluate(PAINTED)
+        out["finetune_s"] = time.perf_counter() - t1
+        out["answer_count"] = int(await page.eval_on_selector_all(
+            ".cb-stats[data-count]", "els => els[els.length - 1].dataset.count"))
+    except Exception as exc:  # noqa: BLE001 - a failed visitor is a result, not a crash
+        out["failed"] = f"{step}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    finally:
+        # the visitor leaves; the server culls the kernel once it has had no connection for --cull-idle s
+        await context.close()
+    return out
+
+
+async def run_class(url: str, visitors: int) -> list[dict]:
+    """``visitors`` headless Chromium contexts open ``url`` at the same moment and each runs
+    :func:`visitor`; returns their records in visitor order."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            start = asyncio.Event()
+            tasks = [asyncio.create_task(visitor(browser, url, i, start)) for i in range(visitors)]
+            await asyncio.sleep(1.0)  # every context made; then everyone opens the page at once
+            start.set()
+            return list(await asyncio.gather(*tasks))
+        finally:
+            await browser.close()

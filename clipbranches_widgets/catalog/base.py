@@ -101,14 +101,18 @@ class CatalogBase:
     def query_encoder(self):
         """The :class:`~clipbranches_widgets.embedding.query.QueryEncoder` for text and image queries.
 
-        Created once (it loads torch and the CLIP weights). Raises ValueError when the catalog
-        records no encoder that can be loaded here.
+        Created once. Where a query service runs (``python -m clipbranches_widgets serve`` sets
+        its address in the environment of every kernel it starts), a
+        :class:`~clipbranches_widgets.embedding.remote.RemoteQueryEncoder` that asks it, so this
+        process never loads torch; otherwise the encoder itself (torch and the CLIP weights).
+        Raises ValueError when the catalog records no encoder that can be loaded here.
         """
         with self._lock:
             if self._query_encoder is None:
                 from ..embedding.query import QueryEncoder
+                from ..embedding.remote import service_from_environment
 
-                self._query_encoder = QueryEncoder.for_catalog(self)
+                self._query_encoder = service_from_environment(self) or QueryEncoder.for_catalog(self)
             return self._query_encoder
 
     def search_text(self, text, k: int = 60):

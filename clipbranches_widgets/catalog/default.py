@@ -6,6 +6,7 @@ carries its own copy as package data, ``clipbranches_widgets/_data/demo`` (copie
 sit in a read-only site-packages folder.
 """
 
+import os
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -26,3 +27,9 @@ def _checkout_catalog() -> Path | None:
 DEFAULT_CATALOG = _checkout_catalog() or PACKAGED_CATALOG
 #: the tiny demo CLIP the demo build trains (kept for rebuilding the demo catalog)
 DEFAULT_MODEL = DATA_DIR / "models" / "cb-shapes-rn16"
+
+
+def default_catalog_path() -> Path:
+    """``$CB_CATALOG`` if set (and non-empty), else :data:`DEFAULT_CATALOG`."""
+    env = os.environ.get("CB_CATALOG", "").strip()
+    return Path(env).expanduser().resolve() if env else Path(DEFAULT_CATALOG)

@@ -55,6 +55,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..catalog.base import CatalogBase
+from ..catalog.default import default_catalog_path
 from ..pictures import MAX_UPLOAD_BYTES, open_picture
 from .formatting import (MODEL_OPTIONS, NOTE_EXPLORE, NOTE_IN_ANSWER, VIEW_OPTIONS, data_link, model_label,
                          refine_stats_html, search_stats_html, stats_html, suggestions_stats_html)
@@ -68,16 +69,6 @@ log = logging.getLogger(__name__)
 BUILD_HINT = "python -m clipbranches_widgets build-catalog data/demo"
 
 _STYLE = "<style>" + (Path(__file__).with_name("app.css")).read_text() + "</style>"
-
-
-def default_catalog_path() -> Path:
-    """``$CB_CATALOG`` if set (and non-empty), else the checkout's ``data/demo``."""
-    env = os.environ.get("CB_CATALOG", "").strip()
-    if env:
-        return Path(env).expanduser().resolve()
-    from ..catalog import DEFAULT_CATALOG
-
-    return Path(DEFAULT_CATALOG)
 
 
 def default_app(**kwargs) -> "SearchApp":

@@ -1,0 +1,320 @@
+"""A class at once: K visitors open the dashboard together, as a teacher's class would.
+
+For each K, a fresh server is started the way the README's class mode starts it
+(``python -m clipbranches_widgets serve --visitors K``: one query process, a pool of K preheated
+kernels); once it says it is ready, K pages open at the same moment in headless Chromium
+(Playwright's async API, one browser context per visitor) and each visitor
+
+1. opens the page and waits for the app (``page_to_app_s``),
+2. searches "a red star" and waits for its 60 tiles painted (``first_grid_s``, from page open),
+3. marks the whole page positive ("All positive") and presses Fine-tune, then waits for the
+   answer's count, estimate and first tiles painted (``finetune_s``, from the click).
+
+Recorded per visitor: those times, or the error that stopped it (a failure). Sampled every 0.5 s
+during the run: the PSS (proportional set size: shared pages split among the processes that map
+them, so the sum is what the server tree really costs) of the server's whole process tree (Voilà,
+its kernels, the query process), and the CPU the server tree and Chromium used, because on a
+2-core machine the K browser pages compete with the server for the same cores, which a real class
+(its own laptops) would not.
+
+``--plain-voila`` runs the same class against plain Voilà as before class mode (``voila
+--preheat_kernel=True --pool_size=K``: every kernel loads torch and the encoder itself), side by
+side, for the ratio.
+
+    .venv/bin/python benchmarks/bench_class.py --visitors 1 10 20 30           # ~10 minutes
+    .venv/bin/python benchmarks/bench_class.py --visitors 1 10 --plain-voila   # the comparison
+Writes benchmarks/results/class.{json,md} and class.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+from bench_engine import machine  # noqa: E402
+from dashboard_driver import CHROMIUM, free_port, run_class, serve_command, stop_process_group  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DASHBOARD = ROOT / "notebooks" / "dashboard.ipynb"
+TARGETS = {"first_grid_median_s": 10.0, "first_grid_max_s": 20.0, "finetune_median_s": 2.0,
+           "server_pss_per_visitor_mb": 400.0}
+
+
+# -- the server --------------------------------------------------------------------------------
+
+def start_server(visitors: int, plain: bool, log_path: Path):
+    """Start the class-mode server (or plain Voilà) in its own process group; return (proc, port)."""
+    port = free_port()
+    if plain:
+        cmd = [str(Path(sys.executable).with_name("voila")), str(DASHBOARD), "--no-browser", f"--port={port}",
+               "--Voila.ip=127.0.0.1", "--preheat_kernel=True", f"--pool_size={visitors}"]
+    else:
+        cmd = serve_command(port, visitors)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return proc, port
+
+
+def server_tree(proc) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(proc.pid)
+        return [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kernels(proc) -> list[psutil.Process]:
+    out = []
+    for p in server_tree(proc):
+        try:
+            if "ipykernel_launcher" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def cpu_seconds(procs) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every core, all but idle and iowait)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def pss_mb(procs) -> float:
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total / 2**20
+
+
+def wait_ready(proc, visitors: int, log_path: Path, timeout: float = 900.0) -> float:
+    """Seconds until the pool is full and every pooled kernel has gone quiet (its warm-up done)."""
+    t0 = time.monotonic()
+    quiet_since, last_cpu = None, -1.0
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}); see {log_path}")
+        ks = kernels(proc)
+        cpu = cpu_seconds(ks)
+        if len(ks) >= visitors and cpu - last_cpu < 0.05:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= 3.0:
+                return quiet_since - t0
+        else:
+            quiet_since = None
+        last_cpu = cpu
+        time.sleep(0.5)
+    raise RuntimeError(f"the pool of {visitors} was not ready within {timeout:.0f} s; see {log_path}")
+
+
+class Sampler(threading.Thread):
+    """Every 0.5 s: the server tree's PSS (peak kept) and kernel count."""
+
+    def __init__(self, proc):
+        super().__init__(daemon=True)
+        self.proc, self.peak_pss, self.peak_kernels, self.samples = proc, 0.0, 0, []
+        self._done = threading.Event()
+
+    def run(self):
+        t0 = time.monotonic()
+        while not self._done.wait(0.5):
+            tree = server_tree(self.proc)
+            pss = pss_mb(tree)
+            n = len(kernels(self.proc))
+            self.samples.append((time.monotonic() - t0, pss, n))
+            self.peak_pss, self.peak_kernels = max(self.peak_pss, pss), max(self.peak_kernels, n)
+
+    def stop(self):
+        self._done.set()
+        self.join()
+
+
+# -- one class size ----------------------------------------------------------------------------
+
+def measure(visitors: int, plain: bool, logs: Path) -> dict:
+    log_path = logs / f"server-{'plain' if plain else 'class'}-{visitors}.log"
+    t_start = time.monotonic()
+    proc, port = start_server(visitors, plain, log_path)
+    try:
+        ready_s = wait_ready(proc, visitors, log_path)
+        idle = server_tree(proc)
+        idle_pss = pss_mb(idle)
+        ks = kernels(proc)
+        kernel_pss = [pss_mb([k]) for k in ks]
+        kernel_cpu = [cpu_seconds([k]) for k in ks]
+        torch_in_kernels = sum(any("libtorch" in m.path for m in k.memory_maps()) for k in ks)
+        sampler = Sampler(proc)
+        sampler.start()
+        server_cpu0, busy0 = cpu_seconds(server_tree(proc)), busy_cpu_seconds()
+        t0 = time.monotonic()
+        results = asyncio.run(run_class(f"http://127.0.0.1:{port}/", visitors))
+        wall = time.monotonic() - t0
+        server_cpu = cpu_seconds(server_tree(proc)) - server_cpu0
+        # the pages' renderers are gone by now (psutil cannot read a dead process's CPU): what the
+        # machine as a whole was busy for, less the server's share, is the browser (and this script)
+        browser_cpu = busy_cpu_seconds() - busy0 - server_cpu
+        time.sleep(2.0)
+        sampler.stop()
+        log_text = log_path.read_text(errors="replace")
+        ready_line = re.search(r"(\d+) kernel\(s\) ready for visitors, (\d+) s after", log_text)
+    finally:
+        stop_process_group(proc)
+    ok = [r for r in results if "failed" not in r]
+    first = [r["first_grid_s"] for r in ok]
+    fine = [r["finetune_s"] for r in ok]
+    return {
+        "visitors": visitors, "server": "plain voila" if plain else "clipbranches serve",
+        "served": len(ok), "failures": [r["failed"] for r in results if "failed" in r],
+        "prepare_s": ready_s, "prepare_reported_s": float(ready_line.group(2)) if ready_line else None,
+        "setup_wall_s": time.monotonic() - t_start,
+        "idle_server_pss_mb": idle_pss, "kernel_pss_mb_median": float(np.median(kernel_pss)) if kernel_pss else None,
+        "kernel_start_cpu_s_median": float(np.median(kernel_cpu)) if kernel_cpu else None,
+        "kernels_with_torch": torch_in_kernels,
+        "peak_server_pss_mb": sampler.peak_pss, "peak_kernels": sampler.peak_kernels,
+        "server_pss_per_visitor_mb": sampler.peak_pss / visitors,
+        "page_to_app_median_s": float(np.median([r["page_to_app_s"] for r in ok])) if ok else None,
+        "first_grid_median_s": float(np.median(first)) if first else None,
+        "first_grid_max_s": float(max(first)) if first else None,
+        "finetune_median_s": float(np.median(fine)) if fine else None,
+        "finetune_max_s": float(max(fine)) if fine else None,
+        "class_wall_s": wall, "server_cpu_s": server_cpu, "browser_cpu_s": browser_cpu,
+        "load_average_1min_after": os.getloadavg()[0], "per_visitor": results,
+        "pss_samples": sampler.samples,
+    }
+
+
+def met(row, key) -> str:
+    v = row.get(key)
+    if v is None:
+        return "—"
+    return "yes" if v <= TARGETS[key] else "**no**"
+
+
+def report(runs: list[dict], mach: dict) -> str:
+    lines = ["# A class at once: K visitors on one dashboard server", "",
+             f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB, {mach['date']}. "
+             "Server and K headless Chromium pages (one browser, a context per visitor) on the same machine: the "
+             "pages' own CPU (column `browser CPU`) is taken from the 2 cores the server has, which a real "
+             "class on its own laptops would not do. Each visitor: open the page, search \"a red star\" "
+             "(first grid = page open to 60 tiles painted), \"All positive\", Fine-tune (click to answer "
+             "painted, model \"Automatic\").", "",
+             "| server | visitors | served | prepare (s) | first grid median / max (s) | fine-tune median / max (s) "
+             "| peak server PSS (GB) | per visitor (MB) | kernel PSS (MB) | kernel start CPU (s) | server CPU (s) "
+             "| browser CPU (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        f = lambda v, d=1: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
+        lines.append(
+            f"| {r['server']} | {r['visitors']} | {r['served']} | {f(r['prepare_s'], 0)} | "
+            f"{f(r['first_grid_median_s'])} / {f(r['first_grid_max_s'])} | {f(r['finetune_median_s'], 2)} / "
+            f"{f(r['finetune_max_s'], 2)} | {r['peak_server_pss_mb'] / 1024:.2f} | {r['server_pss_per_visitor_mb']:.0f} | "
+            f"{f(r['kernel_pss_mb_median'], 0)} | {f(r['kernel_start_cpu_s_median'], 2)} | {r['server_cpu_s']:.0f} | "
+            f"{r['browser_cpu_s']:.0f} |")
+    lines += ["", "Targets (class mode, 20 visitors): all served, first grid median <= 10 s and max <= 20 s, "
+              "fine-tune median <= 2 s, server <= 400 MB per visitor; 30 visitors all served.", "",
+              "| visitors | all served | first grid median | first grid max | fine-tune median | MB per visitor |",
+              "|---|---|---|---|---|---|"]
+    for r in runs:
+        if r["server"] == "clipbranches serve":
+            lines.append(f"| {r['visitors']} | {'yes' if r['served'] == r['visitors'] else '**no**'} | "
+                         f"{met(r, 'first_grid_median_s')} | {met(r, 'first_grid_max_s')} | "
+                         f"{met(r, 'finetune_median_s')} | {met(r, 'server_pss_per_visitor_mb')} |")
+    fails = [(r["server"], r["visitors"], f) for r in runs for f in r["failures"]]
+    if fails:
+        lines += ["", "Failures:", ""] + [f"- {s}, {k} visitors: {f}" for s, k, f in fails]
+    lines += ["", "Columns: *prepare* = server start until the pool is full and every pooled kernel has gone "
+              "quiet; *peak server PSS* = the most the server's process tree (Voilà, kernels, query process) "
+              "held during the class; *kernel PSS* and *kernel start CPU* = one pooled kernel before the class "
+              "(imports, catalog, notebook run, warm-up); *kernels with torch* is "
+              + ", ".join(f"{r['kernels_with_torch']}" for r in runs) + " in the order of the rows.", "",
+              "Re-run: `.venv/bin/python benchmarks/bench_class.py --visitors 1 10 20 30` (add `--plain-voila` "
+              "for the plain Voilà rows)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for server, marker in (("clipbranches serve", "o"), ("plain voila", "s")):
+        rows = [r for r in runs if r["server"] == server]
+        if not rows:
+            continue
+        for r in rows:
+            ok = [v for v in r["per_visitor"] if "failed" not in v]
+            axes[0].scatter([r["visitors"]] * len(ok), [v["first_grid_s"] for v in ok], marker=marker, alpha=0.4,
+                            label=f"{server}" if r is rows[0] else None)
+        axes[1].plot([r["visitors"] for r in rows], [r["server_pss_per_visitor_mb"] for r in rows], marker=marker,
+                     label=server)
+    axes[0].axhline(TARGETS["first_grid_max_s"], color="grey", ls="--", lw=0.8)
+    axes[0].set(xlabel="visitors at once", ylabel="page open -> first grid painted (s)", title="Each visitor's first grid")
+    axes[1].axhline(TARGETS["server_pss_per_visitor_mb"], color="grey", ls="--", lw=0.8)
+    axes[1].set(xlabel="visitors at once", ylabel="peak server PSS / visitor (MB)", title="Server memory per visitor")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--visitors", type=int, nargs="+", default=[1, 10, 20, 30])
+    ap.add_argument("--plain-voila", action="store_true", help="also run plain Voilà (kernels load torch)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if not Path(CHROMIUM).exists():
+        sys.exit(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    logs = Path(tempfile.mkdtemp(prefix="bench-class-"))
+    print(f"server logs in {logs}", flush=True)
+    runs = []
+    for k in args.visitors:
+        for plain in ([False, True] if args.plain_voila else [False]):
+            print(f"{'plain voila' if plain else 'class mode'}: {k} visitors ...", flush=True)
+            runs.append(measure(k, plain, logs))
+            r = runs[-1]
+            print(f"  served {r['served']}/{k}, first grid median {r['first_grid_median_s']}, "
+                  f"fine-tune median {r['finetune_median_s']}, {r['server_pss_per_visitor_mb']:.0f} MB/visitor",
+                  flush=True)
+    mach = machine()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "class.json").write_text(json.dumps({"machine": mach, "runs": runs}, indent=1))
+    (args.out / "class.md").write_text(report(runs, mach))
+    plot(runs, args.out / "class.png")
+    print(report(runs, mach))
+
+
+if __name__ == "__main__":
+    main()
