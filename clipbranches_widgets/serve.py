@@ -112,6 +112,22 @@ def classroom_kernel_manager(voila_factory, visitors: int, spare: int = SPARE_KE
     return factory
 
 
+#: the thread pools a kernel sizes from the environment (Numba's prange loops; BLAS for the linear model)
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def kernel_threads(visitors: int, cores: int | None = None) -> dict:
+    """Threads per kernel for a class: the machine's cores shared among the visitors (at least one).
+
+    Twenty kernels with a thread per core each would, when a class presses Fine-tune together,
+    run forty threads on two cores; spinning OpenMP workers and context switches then cost more
+    than the parallel loops save. A variable the user has set is left as it is."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = str(max(1, cores // max(1, visitors)))
+    return {name: n for name in THREAD_VARIABLES if name not in os.environ}
+
+
 def start_query_process(service: QueryService, catalogs) -> subprocess.Popen:
     """Run ``service`` in a child process (it ends with this one); return once it listens."""
     env = {**os.environ, **service.environment()}
@@ -152,6 +168,7 @@ def main(argv=None) -> int:
     print(f"clipbranches: starting the query process and {args.visitors} kernel(s) for visitors ...", flush=True)
     query_process = start_query_process(service, catalogs)
     os.environ.update(service.environment())  # every kernel Voilà starts inherits it
+    os.environ.update(kernel_threads(args.visitors))
     voila_app.voila_kernel_manager_factory = classroom_kernel_manager(voila_app.voila_kernel_manager_factory,
                                                                       args.visitors, started_at=started_at)
     voila_argv = [str(args.notebook), "--no-browser", f"--port={args.port}", "--Voila.ip=127.0.0.1",

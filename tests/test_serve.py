@@ -26,7 +26,7 @@ from clipbranches_widgets import open_catalog
 from clipbranches_widgets.catalog import DEFAULT_CATALOG
 from clipbranches_widgets.embedding.query import QueryEncoder
 from clipbranches_widgets.embedding.remote import KEY_ENV, QueryService, RemoteQueryEncoder, service_from_environment
-from clipbranches_widgets.serve import SPARE_KERNELS, start_query_process
+from clipbranches_widgets.serve import SPARE_KERNELS, THREAD_VARIABLES, kernel_threads, start_query_process
 from clipbranches_widgets.session import SearchSession
 
 
@@ -94,6 +94,16 @@ def test_a_rebuilt_catalog_and_a_bad_request_get_clear_errors(service, catalog):
     with pytest.raises(ValueError, match="1..64 queries"):
         remote.encode_texts(["x"] * 65)
     assert remote.encode_texts(["a green square"]).shape == (1, catalog.dim)  # the connection lives on
+
+
+def test_a_class_shares_the_cores_and_a_users_thread_setting_wins(monkeypatch):
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert kernel_threads(1, cores=2) == {name: "2" for name in THREAD_VARIABLES}
+    assert kernel_threads(30, cores=2) == {name: "1" for name in THREAD_VARIABLES}
+    assert kernel_threads(4, cores=16)["NUMBA_NUM_THREADS"] == "4"
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
+    assert "NUMBA_NUM_THREADS" not in kernel_threads(30, cores=2)
 
 
 def _kernels(pid):
