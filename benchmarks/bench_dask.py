@@ -54,7 +54,7 @@ def build(path: Path, n_rows: int, shard_rows: int) -> float:
     import pyarrow as pa
 
     from clipbranches_widgets.catalog import ShardedCatalogWriter
-    from clipbranches_widgets.engine.synthetic import clustered_blocks
+    from clipbranches_widgets.testing.synthetic import clustered_blocks
 
     t0 = time.perf_counter()
     with ShardedCatalogWriter(path, shard_rows=shard_rows, build_id=f"dask-{n_rows}-{shard_rows}-{SEED}") as writer:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipbranches_widgets.engine import BoxIndex, BranchEnsemble, DecisionBranches, apply_boxes_numpy, feature_subsets  # noqa: E402
 from clipbranches_widgets.engine.baselines import make_baseline, scan_sklearn  # noqa: E402
 from clipbranches_widgets.engine.boxes import BoxSet  # noqa: E402
-from clipbranches_widgets.engine.synthetic import clustered_catalog, labelled_task  # noqa: E402
+from clipbranches_widgets.testing.synthetic import clustered_catalog, labelled_task  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUBSETS = feature_subsets(32, {4: 64, 6: 32, 8: 8}, seed=42)

@@ -9,7 +9,7 @@ benchmarks/tmp/, deleted afterwards, and takes ~6 GB of memory with faiss's copy
 
 Writes ``benchmarks/results/nn.json`` (every measurement, the machine, load averages), ``nn.md``
 (the report) and ``nn.png`` (ms per query vs rows). Catalogs are clustered unit vectors in 32-d,
-quantized by the global map (the recipe of ``clipbranches_widgets/engine/synthetic.py``); queries
+quantized by the global map (the recipe of ``clipbranches_widgets/testing/synthetic.py``); queries
 are fresh unit vectors from the same clusters. Methods, measured side by side in one process:
 
 * ``numba``: ``NearestNeighbours(method="numba")``, the Numba scan over the codes (what "auto" picks);

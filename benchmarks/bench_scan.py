@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipbranches_widgets.engine.boxes import Box, BoxSet, apply_boxes_numpy  # noqa: E402
 from clipbranches_widgets.engine.scan import scan_box_set, scan_votes  # noqa: E402
 from clipbranches_widgets.engine.subsets import feature_subsets  # noqa: E402
-from clipbranches_widgets.engine.synthetic import clustered_catalog  # noqa: E402
+from clipbranches_widgets.testing.synthetic import clustered_catalog  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import machine, streaming_pass  # noqa: E402  (one streaming-pass kernel for all benchmarks)

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 
 from clipbranches_widgets.engine import BoxIndex, BranchEnsemble, DecisionBranches, feature_subsets
-from clipbranches_widgets.engine.synthetic import clustered_catalog, labelled_task
+from clipbranches_widgets.testing.synthetic import clustered_catalog, labelled_task
 
 SUBSETS = feature_subsets(32, {4: 64, 6: 32, 8: 8}, seed=42)
 

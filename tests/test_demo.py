@@ -1,4 +1,4 @@
-"""The engine demo (what `make demo` runs until the dashboard exists) runs end to end and reports."""
+"""The terminal engine demo (`make engine-demo`, ``python -m clipbranches_widgets.demo_engine``) runs end to end and reports."""
 
 import re
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 
 def test_engine_demo_runs_and_finds_the_concept():
-    out = subprocess.run([sys.executable, "-m", "clipbranches_widgets.engine.demo", "--rows", "30000"],
+    out = subprocess.run([sys.executable, "-m", "clipbranches_widgets.demo_engine", "--rows", "30000"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert "index: 104 feature subsets" in out
     found = re.findall(r"found ([\d,]+) items: precision ([\d.]+), recall ([\d.]+)", out)

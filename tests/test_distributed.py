@@ -21,7 +21,7 @@ from sklearn.ensemble import RandomForestClassifier  # noqa: E402
 from clipbranches_widgets.catalog import ShardedCatalogWriter, write_catalog  # noqa: E402
 from clipbranches_widgets.catalog.distributed import DaskCatalog, assign_shards, open_distributed  # noqa: E402
 from clipbranches_widgets.engine import BranchEnsemble, DecisionBranches, LinearCodes  # noqa: E402
-from clipbranches_widgets.engine.synthetic import clustered_catalog  # noqa: E402
+from clipbranches_widgets.testing.synthetic import clustered_catalog  # noqa: E402
 from clipbranches_widgets.session import SearchSession  # noqa: E402
 
 N, SHARD = 5000, 1000

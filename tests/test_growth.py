@@ -88,3 +88,22 @@ def test_pure_cluster_is_captured_exactly():
     assert score == 0.0
     assert 20 < lo[0] <= 100 and 110 <= hi[0] < 200
     assert lo[0] == (100 + 20) // 2 + 1 and hi[0] == (110 + 200 + 1) // 2 - 1  # half-way margins
+
+
+def test_twin_helpers_match_the_kernel_helpers():
+    """The twin restates the kernel's Gini and open-side bound; both agree to the bit on random input
+    (the whole-box test above draws splits of 0, 0.5 and 1 only)."""
+    from clipbranches_widgets.engine.growth import _gini_numpy, _open_bound, _open_bound_numpy
+
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        wp_tot, wn_tot = rng.random(2) * rng.choice([1.0, 10.0, 1e3], 2) + 1e-3
+        wp_in, wn_in = wp_tot * rng.choice([0.0, rng.random(), 1.0]), wn_tot * rng.choice([0.0, rng.random(), 1.0])
+        assert gini_split(wp_in, wn_in, wp_tot, wn_tot) == _gini_numpy(wp_in, wn_in, wp_tot, wn_tot)
+        edge, pos_extreme = (int(v) for v in rng.integers(0, 256, 2))
+        direction = int(rng.choice([-1, 1]))
+        data_extreme = int(rng.integers(0, min(edge, pos_extreme) + 1) if direction < 0
+                           else rng.integers(max(edge, pos_extreme), 256))
+        stop_infinite, split = bool(rng.integers(2)), float(rng.choice([0.0, rng.random(), 1.0]))
+        args = (direction, edge, pos_extreme, data_extreme, stop_infinite, split)
+        assert _open_bound(*args) == _open_bound_numpy(*args), args

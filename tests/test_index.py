@@ -202,3 +202,25 @@ def test_validation_errors():
         index.search(object())
     with pytest.raises(ValueError, match="method"):
         index.search(BoxSet.from_estimators([[]]), method="fast")
+
+
+def test_planner_sample_fractions_match_numpy_twin():
+    """The planner's estimate (per-box and any-box fractions of the sample inside) equals its
+    plain-numpy twin exactly: random models, repeated dims, no box, an empty sample."""
+    from clipbranches_widgets.engine.index import _sample_fractions, sample_fractions_numpy
+
+    rng = np.random.default_rng(21)
+    codes = catalog(20000, "clustered", seed=21)
+    index = BoxIndex.build(codes, SUBSETS[:20])
+    samples = [index._sample_codes, codes[:0], codes[:1], catalog(500, "dups", seed=3)]
+    models = [random_box_set(codes, rng) for _ in range(20)]
+    models += [BoxSet.from_estimators([[Box((3, 3, 7), [10, 50, 0], [100, 200, 128])], [Box((0,), [7], [7])]]),
+               BoxSet.from_estimators([[]])]
+    for sample in samples:
+        for box_set in models:
+            args = (sample, box_set.dims, box_set.ndims, box_set.low, box_set.high)
+            frac, union = _sample_fractions(*args)
+            frac2, union2 = sample_fractions_numpy(*args)
+            np.testing.assert_array_equal(frac, frac2)
+            assert frac.dtype == frac2.dtype == np.float64
+            assert union == union2

@@ -475,7 +475,7 @@ def test_refine_defaults_scale_to_a_small_catalog(tmp_path):
     import pyarrow as pa
 
     from clipbranches_widgets.catalog import write_catalog
-    from clipbranches_widgets.engine.synthetic import clustered_catalog
+    from clipbranches_widgets.testing.synthetic import clustered_catalog
 
     codes, labels = clustered_catalog(48, n_clusters=3, seed=1)
     cat = write_catalog(tmp_path / "small", codes, pa.table({"caption": [f"c{c}" for c in labels]}))

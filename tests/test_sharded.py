@@ -10,7 +10,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from clipbranches_widgets.catalog import ShardedCatalog, ShardedCatalogWriter, open_catalog, write_catalog
 from clipbranches_widgets.engine import BranchEnsemble, DecisionBranches, LinearCodes
-from clipbranches_widgets.engine.synthetic import clustered_catalog
+from clipbranches_widgets.testing.synthetic import clustered_catalog
 from clipbranches_widgets.session import SearchSession
 
 N, SHARD = 1000, 300

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .boxes import MAX_BOX_DIMS
+
 
 def check_codes(X, *, name: str = "X", n_features: int | None = None, allow_empty: bool = False) -> np.ndarray:
     """Return ``X`` as a C-contiguous ``uint8`` array of shape (n, d), or raise ``ValueError``.
@@ -150,8 +152,8 @@ def check_subsets(subsets, n_features: int) -> list[tuple[int, ...]]:
         t = tuple(int(v) for v in s)
         if len(t) == 0:
             raise ValueError("a feature subset is empty")
-        if len(t) > 8:
-            raise ValueError(f"feature subset {t} has {len(t)} dims; at most 8 are supported")
+        if len(t) > MAX_BOX_DIMS:
+            raise ValueError(f"feature subset {t} has {len(t)} dims; at most {MAX_BOX_DIMS} are supported")
         if len(set(t)) != len(t):
             raise ValueError(f"feature subset {t} repeats a dimension")
         if min(t) < 0 or max(t) >= n_features:

@@ -27,6 +27,8 @@ import re
 import numpy as np
 
 MAX_BOX_DIMS = 8  #: boxes constrain at most this many dims (the widest paper subset)
+#: a model may have at most this many estimators: every kernel counts a row's votes in a uint16
+MAX_ESTIMATORS = int(np.iinfo(np.uint16).max)
 
 
 def sql_identifier(name: str) -> str:
@@ -189,6 +191,14 @@ def apply_boxes_numpy(codes: np.ndarray, box_set: BoxSet) -> tuple[np.ndarray, n
     ids = np.flatnonzero(votes >= box_set.min_votes).astype(np.int64)
     scores = votes[ids] / box_set.n_estimators if box_set.scores_are_votes else depth[ids]
     return rank(ids, scores.astype(np.float64))
+
+
+def estimator_starts(estimator: np.ndarray, n_estimators: int) -> np.ndarray:
+    """int64 ``starts`` of length ``n_estimators + 1``: boxes ``starts[e]:starts[e + 1]`` belong to
+    estimator ``e`` (``estimator``, each box's estimator, ascending as in a BoxSet). An estimator
+    without boxes gets an empty range. Every kernel loops over the boxes estimator by estimator
+    this way, to count a row's vote once per estimator."""
+    return np.searchsorted(estimator, np.arange(n_estimators + 1)).astype(np.int64)
 
 
 def rank(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,7 @@ from ._validation import (check_binary_target, check_codes, check_random_state, 
                           check_weighted_classes)
 from .boxes import MAX_BOX_DIMS, Box, BoxSet, sql_identifier
 from .growth import grow_candidates_parallel, grow_candidates_serial
-from .subsets import default_subsets
+from .subsets import default_subsets, pad_subsets
 
 
 #: The original app's settings for a single model (``db``, without its post tree).
@@ -134,16 +134,6 @@ def class_weight_factors(class_weight, y: np.ndarray, w: np.ndarray) -> np.ndarr
         raise ValueError(f"class_weight must be None, 'tapered', 'sqrt', 'balanced' or a dict {{0: w0, 1: w1}}; "
                          f"got {class_weight!r}")
     return factors[y]
-
-
-def pad_subsets(subsets: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
-    """Subsets as a padded (S, 8) int64 array plus their sizes, the layout kernels take."""
-    dims = np.zeros((len(subsets), MAX_BOX_DIMS), np.int64)
-    sizes = np.zeros(len(subsets), np.int64)
-    for i, s in enumerate(subsets):
-        dims[i, : len(s)] = s
-        sizes[i] = len(s)
-    return dims, sizes
 
 
 def encode_class_weight(class_weight, classes: np.ndarray):

@@ -239,11 +239,30 @@ grow_candidates_serial = njit(cache=True, nogil=True)(_best_box_impl)
 
 # ---------------------------------------------------------------------------------------------
 # Plain-numpy twin: the same contract, written with masks and sorted unique values instead of
-# histograms and violation counters. Slow; used only by tests.
+# histograms and violation counters, and without any of the kernel's helpers (its Gini, cuts and
+# open bounds are restated here from the module doc), so the test compares two implementations.
+# Slow; used only by tests.
 # ---------------------------------------------------------------------------------------------
 
 def _gini_numpy(wp_in, wn_in, wp_tot, wn_tot):
-    return float(gini_split.py_func(wp_in, wn_in, wp_tot, wn_tot))
+    """Weighted Gini of the split: per side (in, out) ``2 p n / (p + n)``, an empty side 0, summed and
+    divided by the total weight. The out side's weights are clamped at 0 (float rounding)."""
+    p = np.array([wp_in, max(wp_tot - wp_in, 0.0)])
+    n = np.array([wn_in, max(wn_tot - wn_in, 0.0)])
+    w = p + n
+    side = np.divide(2.0 * p * n, w, out=np.zeros(2), where=w > 0.0)
+    return float(side[0] + side[1]) / (wp_tot + wn_tot)
+
+
+def _open_bound_numpy(direction, edge, pos_extreme, data_extreme, stop_infinite, split):
+    """Module doc, step 3: an open side ends at the domain edge, or with ``stop_infinite`` ``split``
+    of the way from the farther out of ``edge`` and the farthest positive to the data's extreme,
+    rounded outwards to a whole code."""
+    if not stop_infinite:
+        return 0 if direction < 0 else 255
+    anchor = min(edge, pos_extreme) if direction < 0 else max(edge, pos_extreme)
+    target = anchor - split * (anchor - data_extreme)
+    return int(np.ceil(target)) if direction < 0 else int(np.floor(target))
 
 
 def grow_box_numpy(X, y, w, dims, order, seed, min_pts, early_stopping, stop_infinite, split, n_sweeps, min_in,
@@ -281,7 +300,7 @@ def grow_box_numpy(X, y, w, dims, order, seed, min_pts, early_stopping, stop_inf
                 data_extreme = data_min[f] if direction < 0 else data_max[f]
                 cut = (lambda a, b: (a + b) // 2 + 1) if direction < 0 else (lambda a, b: (a + b + 1) // 2 - 1)
                 if len(values) == 0:
-                    new[direction] = _open_bound.py_func(direction, edge, pos_extreme, data_extreme, stop_infinite, split)
+                    new[direction] = _open_bound_numpy(direction, edge, pos_extreme, data_extreme, stop_infinite, split)
                     continue
                 if early_stopping and not (beyond & pos).any():
                     new[direction] = cut(edge, values[0])
@@ -302,7 +321,8 @@ def grow_box_numpy(X, y, w, dims, order, seed, min_pts, early_stopping, stop_inf
                 if best_i + 1 < len(values):
                     new[direction] = cut(values[best_i], values[best_i + 1])
                 else:
-                    new[direction] = _open_bound.py_func(direction, values[best_i], pos_extreme, data_extreme, stop_infinite, split)
+                    new[direction] = _open_bound_numpy(direction, values[best_i], pos_extreme, data_extreme, stop_infinite,
+                                                       split)
             if new[-1] != lo[j] or new[1] != hi[j]:
                 changed = True
                 lo[j], hi[j] = new[-1], new[1]

@@ -14,7 +14,8 @@ Query (``search``): per segment (in parallel), per box, descend its subset's tre
 the box is pruned, a node inside the box emits its whole row range without reading codes, a leaf
 partly inside tests its rows. Rows are deduplicated per estimator with a stamp array, votes are
 counted and thresholded at ``min_votes``; scores come from the scan module's shared kernel, so
-index and scan results are identical (ids, float64 scores, order).
+index and scan results are identical (ids, float64 scores, order). The trees' layout, build and
+descent kernels live in :mod:`.kdtree`; this module keeps the planner, persistence and the class.
 
 ``method="auto"`` estimates from a fixed sample of catalog rows which fraction of the catalog the
 boxes select (summed over boxes: each box is a separate descent) and uses the index when that sum
@@ -34,15 +35,16 @@ import os
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .._atomic import sha256_file, staging_dir
 from ._validation import check_codes, check_subsets
-from .boxes import BoxSet, rank
+from .boxes import MAX_BOX_DIMS, BoxSet, estimator_starts, rank
+from .kdtree import build_trees, layout, query_trees
 from .result import SearchResult
-from .scan import check_box_set_dims, scan_votes, score_hits
+from .scan import apply_post_trees, check_box_set, row_in_box, scan_votes, score_hits
+from .subsets import pad_subsets
 
 FORMAT_VERSION = 2  # 2: meta.json holds each file's sha256
 _FORMAT_NAME = "clipbranches.BoxIndex"
@@ -61,251 +63,39 @@ DEFAULT_AUTO_THRESHOLD = 0.005
 
 
 # ---------------------------------------------------------------------------------------------
-# kernels
-
-
-@njit(cache=True, nogil=True)
-def _tree_depth(m, leaf_size):
-    """Smallest depth d with ``m <= leaf_size * 2**d`` (leaves then hold <= leaf_size rows)."""
-    d = 0
-    while m > (leaf_size << d):
-        d += 1
-    return d
-
-
-@njit(cache=True, nogil=True)
-def _build_one(keys, idx, tkeys, tidx, k, depth, node_lo, node_hi, bounds, off0):
-    """Build one tree in place: ``keys`` holds each row's k subset bytes packed into a uint64.
-
-    Level by level, every node records the tight min/max of its points per dim, and internal nodes
-    are split on the dim with the largest spread by a stable counting sort (O(len) per node) into
-    the other buffer; the left child gets the ``len // 2`` smallest. Returns the buffer holding the
-    final row order (``idx`` or ``tidx``).
-    """
-    hist = np.empty(257, np.int64)
-    n_internal = (1 << depth) - 1
-    level_start = 0
-    for level in range(depth + 1):
-        level_end = 2 * level_start + 1
-        for node in range(level_start, level_end):
-            lo = node_lo[node]
-            hi = node_hi[node]
-            off = off0 + node * 2 * k
-            best_axis = 0
-            best_spread = -1
-            for j in range(k):
-                sh = np.uint64(8 * j)
-                mn = 255
-                mx = 0
-                for i in range(lo, hi):
-                    v = np.int64((keys[i] >> sh) & np.uint64(255))
-                    mn = min(mn, v)
-                    mx = max(mx, v)
-                bounds[off + j] = mn
-                bounds[off + k + j] = mx
-                if mx - mn > best_spread:
-                    best_spread = mx - mn
-                    best_axis = j
-            if node < n_internal:
-                sh = np.uint64(8 * best_axis)
-                hist[:] = 0
-                for i in range(lo, hi):
-                    hist[np.int64((keys[i] >> sh) & np.uint64(255)) + 1] += 1
-                hist[0] = lo
-                for v in range(1, 257):
-                    hist[v] += hist[v - 1]
-                for i in range(lo, hi):
-                    v = np.int64((keys[i] >> sh) & np.uint64(255))
-                    p = hist[v]
-                    hist[v] = p + 1
-                    tkeys[p] = keys[i]
-                    tidx[p] = idx[i]
-        if level < depth:
-            keys, tkeys = tkeys, keys
-            idx, tidx = tidx, idx
-        level_start = level_end
-    return idx
-
-
-@njit(cache=True, nogil=True)
-def _node_ranges(m, depth):
-    """Row range [lo, hi) of every heap-numbered node of the implicit tree over ``m`` rows."""
-    n_nodes = (1 << (depth + 1)) - 1
-    node_lo = np.zeros(n_nodes, np.int64)
-    node_hi = np.zeros(n_nodes, np.int64)
-    node_hi[0] = m
-    for node in range((1 << depth) - 1):
-        mid = node_lo[node] + (node_hi[node] - node_lo[node]) // 2
-        node_lo[2 * node + 1] = node_lo[node]
-        node_hi[2 * node + 1] = mid
-        node_lo[2 * node + 2] = mid
-        node_hi[2 * node + 2] = node_hi[node]
-    return node_lo, node_hi
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _build_all(codes, sub_dims, sub_k, segment_size, leaf_size, n_nodes_max, bounds_offset, perm, bounds):
-    """Build every (subset, segment) tree; prange over segments (each thread works in cache)."""
-    n = codes.shape[0]
-    n_seg = (n + segment_size - 1) // segment_size
-    for g in prange(n_seg):
-        base = g * segment_size
-        m = min(segment_size, n - base)
-        depth = _tree_depth(m, leaf_size)
-        node_lo, node_hi = _node_ranges(m, depth)
-        keys = np.empty(m, np.uint64)
-        tkeys = np.empty(m, np.uint64)
-        idx = np.empty(m, np.uint16)
-        tidx = np.empty(m, np.uint16)
-        for s in range(sub_dims.shape[0]):
-            k = sub_k[s]
-            for i in range(m):
-                key = np.uint64(0)
-                for j in range(k):
-                    key |= np.uint64(codes[base + i, sub_dims[s, j]]) << np.uint64(8 * j)
-                keys[i] = key
-                idx[i] = i
-            off0 = bounds_offset[s] + g * n_nodes_max * 2 * k
-            final = _build_one(keys, idx, tkeys, tidx, k, depth, node_lo, node_hi, bounds, off0)
-            perm[s, base:base + m] = final
-
-
-@njit(cache=True, nogil=True)
-def _mark(r, stamp_value, stamp, votes, touched, n_touched):
-    """Count one estimator's vote for local row ``r`` once; return the new touched-list length."""
-    if stamp[r] != stamp_value:
-        stamp[r] = stamp_value
-        if votes[r] == 0:
-            touched[n_touched] = r
-            n_touched += 1
-        votes[r] += 1
-    return n_touched
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _query_all(codes, perm, bounds, bounds_offset, sub_dims, sub_k, segment_size, leaf_size, n_nodes_max,
-               box_sub, qlo, qhi, est_start, min_votes, n_blocks, out_ids, out_votes, seg_count, counters):
-    """Answer all boxes on every segment; positives of segment g go to ``out_*[base_g:base_g+count]``.
-
-    ``qlo``/``qhi`` are the box bounds in the order of the box's subset dims (unconstrained dims
-    [0, 255]). ``counters[g]``: nodes visited, leaves scanned, rows checked, rows emitted wholesale.
-    """
-    n = codes.shape[0]
-    n_seg = (n + segment_size - 1) // segment_size
-    n_est = est_start.shape[0] - 1
-    for blk in prange(n_blocks):
-        # per-block scratch, reset after each segment only where it was touched
-        stamp = np.zeros(segment_size, np.int32)
-        votes = np.zeros(segment_size, np.uint16)
-        touched = np.empty(segment_size, np.int32)
-        stack = np.empty((64, 3), np.int64)
-        for g in range(blk, n_seg, n_blocks):
-            base = g * segment_size
-            m = min(segment_size, n - base)
-            depth = _tree_depth(m, leaf_size)
-            n_internal = (1 << depth) - 1
-            n_touched = 0
-            nodes = 0
-            leaves = 0
-            checked = 0
-            emitted = 0
-            for e in range(n_est):
-                for b in range(est_start[e], est_start[e + 1]):
-                    s = box_sub[b]
-                    k = sub_k[s]
-                    off0 = bounds_offset[s] + g * n_nodes_max * 2 * k
-                    top = 0
-                    stack[0, 0] = 0
-                    stack[0, 1] = 0
-                    stack[0, 2] = m
-                    top = 1
-                    while top > 0:
-                        top -= 1
-                        node = stack[top, 0]
-                        lo = stack[top, 1]
-                        hi = stack[top, 2]
-                        if lo == hi:
-                            continue
-                        nodes += 1
-                        off = off0 + node * 2 * k
-                        disjoint = False
-                        inside = True
-                        for j in range(k):
-                            bmin = bounds[off + j]
-                            bmax = bounds[off + k + j]
-                            if bmax < qlo[b, j] or bmin > qhi[b, j]:
-                                disjoint = True
-                                break
-                            if bmin < qlo[b, j] or bmax > qhi[b, j]:
-                                inside = False
-                        if disjoint:
-                            continue
-                        if inside:
-                            emitted += hi - lo
-                            for i in range(lo, hi):
-                                r = np.int64(perm[s, base + i])
-                                if r < m:  # always true for a valid index; guards a damaged file
-                                    n_touched = _mark(r, e + 1, stamp, votes, touched, n_touched)
-                        elif node >= n_internal:
-                            leaves += 1
-                            checked += hi - lo
-                            for i in range(lo, hi):
-                                r = np.int64(perm[s, base + i])
-                                if r >= m:
-                                    continue
-                                ok = True
-                                for j in range(k):
-                                    x = codes[base + r, sub_dims[s, j]]
-                                    if x < qlo[b, j] or x > qhi[b, j]:
-                                        ok = False
-                                        break
-                                if ok:
-                                    n_touched = _mark(r, e + 1, stamp, votes, touched, n_touched)
-                        else:
-                            mid = lo + (hi - lo) // 2
-                            stack[top, 0] = 2 * node + 2
-                            stack[top, 1] = mid
-                            stack[top, 2] = hi
-                            stack[top + 1, 0] = 2 * node + 1
-                            stack[top + 1, 1] = lo
-                            stack[top + 1, 2] = mid
-                            top += 2
-            count = 0
-            for t in range(n_touched):
-                r = touched[t]
-                if votes[r] >= min_votes:
-                    out_ids[base + count] = base + r
-                    out_votes[base + count] = votes[r]
-                    count += 1
-                votes[r] = 0
-                stamp[r] = 0
-            seg_count[g] = count
-            counters[g, 0] = nodes
-            counters[g, 1] = leaves
-            counters[g, 2] = checked
-            counters[g, 3] = emitted
+# planner
 
 
 @njit(cache=True, nogil=True)
 def _sample_fractions(sample, dims, ndims, low, high):
-    """(per-box fraction of sample rows inside the box, fraction inside at least one box)."""
+    """(per-box fraction of sample rows inside the box, fraction inside at least one box).
+
+    The planner's estimate (``search``, ``method="auto"``); :func:`sample_fractions_numpy` is its
+    plain-numpy twin, which tests compare it with.
+    """
     n = sample.shape[0]
     frac = np.zeros(ndims.shape[0], np.float64)
     any_count = 0
     for i in range(n):
         hit = False
         for b in range(ndims.shape[0]):
-            ok = True
-            for j in range(ndims[b]):
-                x = sample[i, dims[b, j]]
-                if x < low[b, j] or x > high[b, j]:
-                    ok = False
-                    break
-            if ok:
+            if row_in_box(sample, i, dims, b, ndims[b], low, high, b):
                 frac[b] += 1.0
                 hit = True
         any_count += hit
     return frac / max(n, 1), any_count / max(n, 1)
+
+
+def sample_fractions_numpy(sample, dims, ndims, low, high) -> tuple[np.ndarray, float]:
+    """Plain-numpy twin of :func:`_sample_fractions` (same arguments, a BoxSet's arrays): one boolean
+    column per box, then the column means and the mean of the rows' OR. Slow; used by tests."""
+    n = sample.shape[0]
+    inside = np.zeros((n, ndims.shape[0]), bool)
+    for b in range(ndims.shape[0]):
+        k = int(ndims[b])
+        cols = sample[:, dims[b, :k]]
+        inside[:, b] = np.all((cols >= low[b, :k]) & (cols <= high[b, :k]), axis=1)
+    return inside.sum(axis=0) / max(n, 1), inside.any(axis=1).sum() / max(n, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,26 +118,6 @@ def _index_key(codes_hash: str, shape, subsets, leaf_size: int, segment_size: in
                           "leaf_size": leaf_size, "segment_size": segment_size, "version": FORMAT_VERSION},
                          sort_keys=True)
     return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
-
-
-def _layout(n_items: int, subsets, leaf_size: int, segment_size: int):
-    """(n_segments, n_nodes_max, bounds_offset per subset, total bounds bytes)."""
-    n_seg = -(-n_items // segment_size)
-    depth = int(_tree_depth(min(segment_size, n_items), leaf_size))
-    n_nodes_max = (1 << (depth + 1)) - 1
-    sizes = np.array([len(s) for s in subsets], np.int64) * n_seg * n_nodes_max * 2
-    offsets = np.zeros(len(subsets), np.int64)
-    np.cumsum(sizes[:-1], out=offsets[1:])
-    return n_seg, n_nodes_max, offsets, int(sizes.sum())
-
-
-def _subset_arrays(subsets):
-    dims = np.zeros((len(subsets), 8), np.int64)
-    k = np.zeros(len(subsets), np.int64)
-    for i, s in enumerate(subsets):
-        dims[i, :len(s)] = s
-        k[i] = len(s)
-    return dims, k
 
 
 def _check_params(leaf_size, segment_size):
@@ -397,9 +167,8 @@ class BoxIndex:
         self.loaded = loaded
         self.build_s = build_s
         self.auto_threshold = auto_threshold
-        self._sub_dims, self._sub_k = _subset_arrays(self.subsets)
-        self._n_seg, self._n_nodes_max, self._bounds_offset, _ = _layout(codes.shape[0], self.subsets, leaf_size,
-                                                                          segment_size)
+        self._sub_dims, self._sub_k = pad_subsets(self.subsets)
+        self._layout = layout(codes.shape[0], self._sub_k, leaf_size, segment_size)
         self._subset_pos = {s: i for i, s in enumerate(self.subsets)}
         self._sample_codes = np.ascontiguousarray(codes[np.asarray(sample)])  # 4096 x d: tiny, kept for planning
 
@@ -444,11 +213,9 @@ class BoxIndex:
     def _build(cls, codes, subsets, leaf_size, segment_size) -> "BoxIndex":
         t0 = time.perf_counter()
         n = codes.shape[0]
-        sub_dims, sub_k = _subset_arrays(subsets)
-        _, n_nodes_max, offsets, n_bounds = _layout(n, subsets, leaf_size, segment_size)
-        perm = np.empty((len(subsets), n), np.uint16)
-        bounds = np.zeros(n_bounds, np.uint8)
-        _build_all(codes, sub_dims, sub_k, int(segment_size), int(leaf_size), n_nodes_max, offsets, perm, bounds)
+        sub_dims, sub_k = pad_subsets(subsets)
+        perm, bounds = build_trees(codes, sub_dims, sub_k, leaf_size, segment_size,
+                                   layout(n, sub_k, leaf_size, segment_size))
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, size=min(n, SAMPLE_SIZE), replace=False)).astype(np.int64)
         return cls(codes, subsets, leaf_size, segment_size, perm, bounds, sample, build_s=time.perf_counter() - t0)
@@ -457,7 +224,7 @@ class BoxIndex:
         return {"format": _FORMAT_NAME, "version": FORMAT_VERSION, "key": key, "codes_hash": codes_hash,
                 "n_items": int(self.codes.shape[0]), "n_features": int(self.codes.shape[1]),
                 "subsets": [list(s) for s in self.subsets], "leaf_size": self.leaf_size,
-                "segment_size": self.segment_size, "n_nodes_max": int(self._n_nodes_max),
+                "segment_size": self.segment_size, "n_nodes_max": int(self._layout.n_nodes_max),
                 "build_s": self.build_s}
 
     @classmethod
@@ -488,7 +255,7 @@ class BoxIndex:
             raise ValueError(f"index file {meta_path} is corrupt: {exc}") from None
         if codes.shape != (n, d):
             raise ValueError(f"index {folder} was built for codes of shape {(n, d)}; got {codes.shape}")
-        _, n_nodes_max, _, n_bounds = _layout(n, subsets, leaf_size, segment_size)
+        n_bounds = layout(n, [len(s) for s in subsets], leaf_size, segment_size).n_bounds
         sums = meta.get("sha256")
         if not isinstance(sums, dict) or set(sums) != set(_FILES):
             raise ValueError(f"index file {meta_path} lists no checksums (rebuild the index)")
@@ -528,8 +295,8 @@ class BoxIndex:
         """
         n_boxes = box_set.n_boxes
         box_sub = np.zeros(n_boxes, np.int64)
-        qlo = np.zeros((n_boxes, 8), np.uint8)
-        qhi = np.full((n_boxes, 8), 255, np.uint8)
+        qlo = np.zeros((n_boxes, MAX_BOX_DIMS), np.uint8)
+        qhi = np.full((n_boxes, MAX_BOX_DIMS), 255, np.uint8)
         for b in range(n_boxes):
             k = int(box_set.ndims[b])
             dims = [int(v) for v in box_set.dims[b, :k]]
@@ -561,9 +328,7 @@ class BoxIndex:
             raise ValueError(f"method must be 'auto', 'index' or 'scan'; got {method!r}")
         box_set = BoxSet.from_model(model)
         codes = self.codes
-        check_box_set_dims(box_set, codes.shape[1])
-        if box_set.n_estimators > np.iinfo(np.uint16).max:
-            raise ValueError(f"at most 65535 estimators are supported; got {box_set.n_estimators}")
+        check_box_set(box_set, codes.shape[1])
         mapping = self._box_subsets(box_set)
         if method == "index" and mapping is None:
             raise ValueError("method='index' needs every box on an indexed feature subset; some box is not "
@@ -584,10 +349,7 @@ class BoxIndex:
             ids, votes, counters = self._query(box_set, *mapping)
             stats.update(nodes_visited=int(counters[0]), leaves_visited=int(counters[1]),
                          rows_checked=int(counters[2]), rows_emitted=int(counters[3]))
-        refine = getattr(model, "refine_hits", None)  # per-box post trees of a DecisionBranches
-        if refine is not None:
-            keep = refine(codes, ids)
-            ids, votes = ids[keep], votes[keep]
+        ids, votes = apply_post_trees(model, codes, ids, votes)
         t2 = time.perf_counter()
         ids, scores = rank(ids, score_hits(codes, ids, votes, box_set))
         t3 = time.perf_counter()
@@ -595,19 +357,7 @@ class BoxIndex:
         return SearchResult(ids, scores, stats)
 
     def _query(self, box_set: BoxSet, box_sub, qlo, qhi):
-        """(ids, votes, counters summed) of the positives by tree descent."""
-        n = self.codes.shape[0]
-        n_seg = self._n_seg
-        est_start = np.searchsorted(box_set.estimator, np.arange(box_set.n_estimators + 1)).astype(np.int64)
-        n_blocks = max(1, min(n_seg, 4 * numba.get_num_threads()))
-        out_ids = np.empty(n, np.int64)  # segment g writes its positives at its own rows: no race
-        out_votes = np.empty(n, np.uint16)
-        seg_count = np.zeros(n_seg, np.int64)
-        counters = np.zeros((n_seg, 4), np.int64)
-        _query_all(self.codes, self.perm, self.bounds, self._bounds_offset, self._sub_dims, self._sub_k,
-                   self.segment_size, self.leaf_size, self._n_nodes_max, box_sub, qlo, qhi, est_start,
-                   box_set.min_votes, n_blocks, out_ids, out_votes, seg_count, counters)
-        starts = np.arange(n_seg) * self.segment_size
-        take = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, seg_count)]) if n_seg else np.zeros(0)
-        take = take.astype(np.int64)
-        return out_ids[take], out_votes[take], counters.sum(axis=0)
+        """(ids, votes, counters summed) of the positives by tree descent (:func:`~.kdtree.query_trees`)."""
+        return query_trees(self.codes, self.perm, self.bounds, self._layout, self._sub_dims, self._sub_k,
+                           self.leaf_size, self.segment_size, box_sub, qlo, qhi,
+                           estimator_starts(box_set.estimator, box_set.n_estimators), box_set.min_votes)

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._validation import check_codes
-from .boxes import BoxSet, rank
+from .boxes import MAX_ESTIMATORS, BoxSet, estimator_starts, rank
 from .result import SearchResult
 
 #: rows per chunk: the transposed chunk (32 dims x CHUNK bytes) plus masks stay in L1/L2
@@ -222,6 +222,31 @@ def _compact(out_votes, rows_per_block, block_offsets, ids, votes):
             i += 1
 
 
+@njit(nogil=True)
+def row_in_box(x, i, dims, s, k, low, high, b):
+    """True when row ``i`` of ``x`` lies inside box ``b``: ``low[b, j] <= x[i, dims[s, j]] <= high[b, j]``
+    for every ``j < k`` (closed, uint8 bounds). ``s`` is the row of ``dims`` naming the box's dims:
+    ``b`` itself for a BoxSet's arrays, the indexed subset answering the box for the index's trees.
+
+    The one row-by-row box test of the engine's kernels: the index's partly covered leaves, the
+    planner's sample fractions and the single-model depth scores all call it. It stops at the first
+    dim outside, which pays off there (rows mostly fail early); the fused scan's pass 1 uses the
+    branch-free forms instead (``_misses``, ``_chunk_votes``), which vectorise. A plain ``njit``
+    function that LLVM inlines into each caller: the three kernels time as with the loop written
+    out (``inline="always"`` measured no faster). Arrays and row numbers are passed rather than
+    row and box slices, which measured a few % slower in the planner.
+
+    Not cached itself: it is compiled into each caller, and the callers in other files (``kdtree``,
+    ``index``) keep their own on-disk cache, which Numba does not invalidate when this file changes.
+    After editing it, delete ``clipbranches_widgets/engine/__pycache__``.
+    """
+    for j in range(k):
+        v = x[i, dims[s, j]]
+        if v < low[b, j] or v > high[b, j]:
+            return False
+    return True
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _depth_scores(codes, ids, dims, ndims, low, high):
     """Single-model score of each row ``ids[i]``: max depth over the boxes that contain it.
@@ -234,13 +259,7 @@ def _depth_scores(codes, ids, dims, ndims, low, high):
         row = codes[ids[i]]
         best = 0.0
         for b in range(ndims.shape[0]):
-            inside = True
-            for j in range(ndims[b]):
-                x = row[dims[b, j]]
-                if x < low[b, j] or x > high[b, j]:
-                    inside = False
-                    break
-            if not inside:
+            if not row_in_box(codes, ids[i], dims, b, ndims[b], low, high, b):
                 continue
             depth = 1.0
             for j in range(ndims[b]):
@@ -269,14 +288,28 @@ def score_hits(codes: np.ndarray, ids: np.ndarray, votes: np.ndarray, box_set: B
     return _depth_scores(codes, ids, box_set.dims, box_set.ndims, box_set.low, box_set.high)
 
 
-def check_box_set_dims(box_set: BoxSet, n_features: int) -> None:
-    """Raise ``ValueError`` when a box refers to a dim the codes do not have."""
+def check_box_set(box_set: BoxSet, n_features: int) -> None:
+    """Raise ``ValueError`` when a box refers to a dim the codes do not have, or when the model has
+    more estimators than the kernels' uint16 vote counts hold (``MAX_ESTIMATORS``)."""
     used = [int(box_set.dims[b, j]) for b in range(box_set.n_boxes) for j in range(int(box_set.ndims[b]))]
     if used and (max(used) >= n_features or min(used) < 0):
         raise ValueError(
             f"the model uses dim {max(used)} but the codes have {n_features} dims (0..{n_features - 1}); "
             "was it trained on other codes?"
         )
+    if box_set.n_estimators > MAX_ESTIMATORS:
+        raise ValueError(f"at most {MAX_ESTIMATORS} estimators are supported; got {box_set.n_estimators}")
+
+
+def apply_post_trees(model, codes: np.ndarray, ids: np.ndarray, votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, votes)`` of the hits that ``model``'s per-box post trees keep (a DecisionBranches with
+    ``post_tree=True``, :meth:`~.branches.DecisionBranches.refine_hits`); unchanged for any other
+    model. Scan and index answer the boxes, this step the trees, so both equal ``predict_mask``."""
+    refine = getattr(model, "refine_hits", None)
+    if refine is None:
+        return ids, votes
+    keep = refine(codes, ids)
+    return ids[keep], votes[keep]
 
 
 #: the row-by-row kernel wins up to this many boxes (32-d codes); see :func:`scan_votes`
@@ -302,7 +335,7 @@ def scan_votes(codes: np.ndarray, box_set: BoxSet) -> tuple[np.ndarray, np.ndarr
 def _scan_votes_by(codes: np.ndarray, box_set: BoxSet, strategy: str) -> tuple[np.ndarray, np.ndarray]:
     """:func:`scan_votes` with the pass-1 kernel named (``"rows"`` needs 32-d codes)."""
     n, d = codes.shape
-    est_start = np.searchsorted(box_set.estimator, np.arange(box_set.n_estimators + 1)).astype(np.int64)
+    est_start = estimator_starts(box_set.estimator, box_set.n_estimators)
     width = (box_set.high.astype(np.int64) - box_set.low.astype(np.int64)).astype(np.uint8)
     # a few blocks per thread balance the load; each block a whole number of chunks
     n_blocks = max(1, min(-(-n // CHUNK), 4 * numba.get_num_threads()))
@@ -326,7 +359,7 @@ def _scan_votes_by(codes: np.ndarray, box_set: BoxSet, strategy: str) -> tuple[n
         # so: drop it (its estimator keeps its other boxes; one with none gets no votes)
         keep = (lo32 <= hi32).all(axis=1)
         lo32, hi32 = lo32[keep], hi32[keep]
-        est_start = np.searchsorted(box_set.estimator[keep], np.arange(box_set.n_estimators + 1)).astype(np.int64)
+        est_start = estimator_starts(box_set.estimator[keep], box_set.n_estimators)
         width32 = (hi32 - lo32).astype(np.uint8)
         _scan_votes_rows(codes, lo32.astype(np.uint8), width32, est_start, box_set.min_votes, rows_per_block,
                          out_votes, block_counts)
@@ -361,15 +394,10 @@ def scan_box_set(codes, model) -> SearchResult:
     t0 = time.perf_counter()
     box_set = BoxSet.from_model(model)
     codes = check_codes(codes, name="codes")
-    check_box_set_dims(box_set, codes.shape[1])
-    if box_set.n_estimators > np.iinfo(np.uint16).max:
-        raise ValueError(f"at most 65535 estimators are supported; got {box_set.n_estimators}")
+    check_box_set(box_set, codes.shape[1])
     t1 = time.perf_counter()
     ids, votes = scan_votes(codes, box_set)
-    refine = getattr(model, "refine_hits", None)  # per-box post trees of a DecisionBranches, as BoxIndex.search
-    if refine is not None:
-        keep = refine(codes, ids)
-        ids, votes = ids[keep], votes[keep]
+    ids, votes = apply_post_trees(model, codes, ids, votes)
     t2 = time.perf_counter()
     ids, scores = rank(ids, score_hits(codes, ids, votes, box_set))
     t3 = time.perf_counter()

@@ -64,3 +64,14 @@ def feature_subsets(n_features: int = 32, sizes: dict[int, int] | None = None, s
             group.add(tuple(sorted(int(v) for v in rng.choice(n_features, size=size, replace=False))))
         out.extend(sorted(group))
     return out
+
+
+def pad_subsets(subsets: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(dims, sizes)``: the subsets as a zero-padded (S, MAX_BOX_DIMS) int64 array plus each one's
+    size (S,) int64, the layout the growth and index kernels take (row ``s`` uses ``dims[s, :sizes[s]]``)."""
+    dims = np.zeros((len(subsets), MAX_BOX_DIMS), np.int64)
+    sizes = np.zeros(len(subsets), np.int64)
+    for i, s in enumerate(subsets):
+        dims[i, : len(s)] = s
+        sizes[i] = len(s)
+    return dims, sizes

@@ -1,4 +1,4 @@
-"""Generated clustered uint8 catalogs and labelled tasks for the engine benchmarks.
+"""Generated clustered uint8 catalogs and labelled tasks for the engine's tests, benchmarks and demo.
 
 Codes imitate the real pipeline: unit vectors in 32-d around cluster centres, quantized with the
 global mapping ``q = clip(floor(127.5 x + 128), 0, 255)``. Cluster sizes follow a Zipf-like law, so

@@ -1,4 +1,4 @@
-"""Engine demo: ``python -m clipbranches_widgets.engine.demo [--rows N]``.
+"""Engine demo: ``python -m clipbranches_widgets.demo_engine [--rows N]`` (``make engine-demo``).
 
 Generates a clustered catalog of 8-bit codes, builds the box index, plays one round of a user's
 marks (the 60 nearest items to a concept, marked right or wrong by the ground truth, plus 500
@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from . import BoxIndex, BranchEnsemble, DecisionBranches, feature_subsets
-from .synthetic import clustered_catalog, labelled_task
+from .engine import BoxIndex, BranchEnsemble, DecisionBranches, feature_subsets
+from .testing.synthetic import clustered_catalog, labelled_task
 
 
 def main(argv=None):
