@@ -17,12 +17,11 @@ its kernels, the query process), and the CPU the server tree and Chromium used, 
 2-core machine the K browser pages compete with the server for the same cores, which a real class
 (its own laptops) would not.
 
-``--plain-voila`` runs the same class against plain Voilà as before class mode (``voila
+``--plain-voila K ...`` also runs those class sizes against plain Voilà as before class mode (``voila
 --preheat_kernel=True --pool_size=K``: every kernel loads torch and the encoder itself), side by
 side, for the ratio.
 
-    .venv/bin/python benchmarks/bench_class.py --visitors 1 10 20 30           # ~10 minutes
-    .venv/bin/python benchmarks/bench_class.py --visitors 1 10 --plain-voila   # the comparison
+    .venv/bin/python benchmarks/bench_class.py --visitors 1 10 20 30 --plain-voila 1 10 20   # ~15 minutes
 Writes benchmarks/results/class.{json,md} and class.png.
 """
 
@@ -107,6 +106,24 @@ def busy_cpu_seconds() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
+def role(p: psutil.Process) -> str:
+    """Which part of the server a process is: kernel, query process, or the Voilà server itself."""
+    try:
+        cmd = " ".join(p.cmdline())
+    except psutil.NoSuchProcess:
+        return "gone"
+    return "kernels" if "ipykernel_launcher" in cmd else "query" if "embedding.remote" in cmd else "voila"
+
+
+def cpu_by_role(proc) -> dict:
+    out = {"voila": 0.0, "kernels": 0.0, "query": 0.0}
+    for p in server_tree(proc):
+        r = role(p)
+        if r in out:
+            out[r] += cpu_seconds([p])
+    return out
+
+
 def pss_mb(procs) -> float:
     total = 0
     for p in procs:
@@ -117,24 +134,26 @@ def pss_mb(procs) -> float:
     return total / 2**20
 
 
-def wait_ready(proc, visitors: int, log_path: Path, timeout: float = 900.0) -> float:
-    """Seconds until the pool is full and every pooled kernel has gone quiet (its warm-up done)."""
+def wait_ready(proc, log_path: Path, timeout: float = 900.0) -> tuple[float, int]:
+    """Seconds until the pool has gone quiet (no kernel CPU and no new kernel for 5 s: every pooled
+    kernel has run the notebook and its warm-up), and how many kernels it holds then (a kernel that
+    died while starting is not replaced by Voilà, so this can be fewer than the pool size)."""
     t0 = time.monotonic()
-    quiet_since, last_cpu = None, -1.0
+    quiet_since, last = None, None
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited ({proc.returncode}); see {log_path}")
         ks = kernels(proc)
-        cpu = cpu_seconds(ks)
-        if len(ks) >= visitors and cpu - last_cpu < 0.05:
+        now = (len(ks), round(cpu_seconds(ks), 1))
+        if ks and now == last:
             quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since >= 3.0:
-                return quiet_since - t0
+            if time.monotonic() - quiet_since >= 5.0:
+                return quiet_since - t0, len(ks)
         else:
             quiet_since = None
-        last_cpu = cpu
+        last = now
         time.sleep(0.5)
-    raise RuntimeError(f"the pool of {visitors} was not ready within {timeout:.0f} s; see {log_path}")
+    raise RuntimeError(f"the pool was not ready within {timeout:.0f} s; see {log_path}")
 
 
 class Sampler(threading.Thread):
@@ -166,7 +185,7 @@ def measure(visitors: int, plain: bool, logs: Path) -> dict:
     t_start = time.monotonic()
     proc, port = start_server(visitors, plain, log_path)
     try:
-        ready_s = wait_ready(proc, visitors, log_path)
+        ready_s, pooled = wait_ready(proc, log_path)
         idle = server_tree(proc)
         idle_pss = pss_mb(idle)
         ks = kernels(proc)
@@ -175,11 +194,13 @@ def measure(visitors: int, plain: bool, logs: Path) -> dict:
         torch_in_kernels = sum(any("libtorch" in m.path for m in k.memory_maps()) for k in ks)
         sampler = Sampler(proc)
         sampler.start()
-        server_cpu0, busy0 = cpu_seconds(server_tree(proc)), busy_cpu_seconds()
+        server_cpu0, busy0, roles0 = cpu_seconds(server_tree(proc)), busy_cpu_seconds(), cpu_by_role(proc)
         t0 = time.monotonic()
         results = asyncio.run(run_class(f"http://127.0.0.1:{port}/", visitors))
         wall = time.monotonic() - t0
         server_cpu = cpu_seconds(server_tree(proc)) - server_cpu0
+        # kernels that were culled or replaced during the class are missing here: a lower bound
+        roles = {k: v - roles0.get(k, 0.0) for k, v in cpu_by_role(proc).items()}
         # the pages' renderers are gone by now (psutil cannot read a dead process's CPU): what the
         # machine as a whole was busy for, less the server's share, is the browser (and this script)
         browser_cpu = busy_cpu_seconds() - busy0 - server_cpu
@@ -194,7 +215,7 @@ def measure(visitors: int, plain: bool, logs: Path) -> dict:
     fine = [r["finetune_s"] for r in ok]
     return {
         "visitors": visitors, "server": "plain voila" if plain else "clipbranches serve",
-        "served": len(ok), "failures": [r["failed"] for r in results if "failed" in r],
+        "served": len(ok), "pooled_kernels": pooled, "failures": [r["failed"] for r in results if "failed" in r],
         "prepare_s": ready_s, "prepare_reported_s": float(ready_line.group(2)) if ready_line else None,
         "setup_wall_s": time.monotonic() - t_start,
         "idle_server_pss_mb": idle_pss, "kernel_pss_mb_median": float(np.median(kernel_pss)) if kernel_pss else None,
@@ -207,7 +228,8 @@ def measure(visitors: int, plain: bool, logs: Path) -> dict:
         "first_grid_max_s": float(max(first)) if first else None,
         "finetune_median_s": float(np.median(fine)) if fine else None,
         "finetune_max_s": float(max(fine)) if fine else None,
-        "class_wall_s": wall, "server_cpu_s": server_cpu, "browser_cpu_s": browser_cpu,
+        "class_wall_s": wall, "server_cpu_s": server_cpu, "server_cpu_by_role_s": roles,
+        "browser_cpu_s": browser_cpu,
         "load_average_1min_after": os.getloadavg()[0], "per_visitor": results,
         "pss_samples": sampler.samples,
     }
@@ -228,27 +250,46 @@ def report(runs: list[dict], mach: dict) -> str:
              "class on its own laptops would not do. Each visitor: open the page, search \"a red star\" "
              "(first grid = page open to 60 tiles painted), \"All positive\", Fine-tune (click to answer "
              "painted, model \"Automatic\").", "",
-             "| server | visitors | served | prepare (s) | first grid median / max (s) | fine-tune median / max (s) "
+             "| server | visitors | served | prepare (s; kernels ready) | first grid median / max (s) | fine-tune median / max (s) "
              "| peak server PSS (GB) | per visitor (MB) | kernel PSS (MB) | kernel start CPU (s) | server CPU (s) "
              "| browser CPU (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         f = lambda v, d=1: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
         lines.append(
-            f"| {r['server']} | {r['visitors']} | {r['served']} | {f(r['prepare_s'], 0)} | "
+            f"| {r['server']} | {r['visitors']} | {r['served']} | {f(r['prepare_s'], 0)} ({r.get('pooled_kernels', '?')}) | "
             f"{f(r['first_grid_median_s'])} / {f(r['first_grid_max_s'])} | {f(r['finetune_median_s'], 2)} / "
             f"{f(r['finetune_max_s'], 2)} | {r['peak_server_pss_mb'] / 1024:.2f} | {r['server_pss_per_visitor_mb']:.0f} | "
             f"{f(r['kernel_pss_mb_median'], 0)} | {f(r['kernel_start_cpu_s_median'], 2)} | {r['server_cpu_s']:.0f} | "
             f"{r['browser_cpu_s']:.0f} |")
+    lines += ["", "Where a visitor's first grid went (medians, seconds): the page (open to the app's query box: "
+              "Voilà sends the page the pooled kernel already rendered, the browser boots JupyterLab's widget "
+              "manager and connects) vs the search (click to 60 tiles painted: the query process encodes the "
+              "text, the kernel finds the neighbours, sends the tiles, the browser paints them):", "",
+              "| server | visitors | page open -> app | search click -> grid painted |", "|---|---|---|---|"]
+    for r in runs:
+        ok = [v for v in r["per_visitor"] if "failed" not in v]
+        if ok:
+            page = float(np.median([v["page_to_app_s"] for v in ok]))
+            search = float(np.median([v["first_grid_s"] - v["page_to_app_s"] for v in ok]))
+            lines.append(f"| {r['server']} | {r['visitors']} | {page:.1f} | {search:.1f} |")
     lines += ["", "Targets (class mode, 20 visitors): all served, first grid median <= 10 s and max <= 20 s, "
-              "fine-tune median <= 2 s, server <= 400 MB per visitor; 30 visitors all served.", "",
+              "fine-tune median <= 2 s, server <= 400 MB per visitor; 30 visitors all served. (One visitor alone: "
+              "as fast as before class mode, the plain Voilà row.)", "",
               "| visitors | all served | first grid median | first grid max | fine-tune median | MB per visitor |",
               "|---|---|---|---|---|---|"]
     for r in runs:
-        if r["server"] == "clipbranches serve":
+        if r["server"] == "clipbranches serve" and r["visitors"] >= 20:
             lines.append(f"| {r['visitors']} | {'yes' if r['served'] == r['visitors'] else '**no**'} | "
                          f"{met(r, 'first_grid_median_s')} | {met(r, 'first_grid_max_s')} | "
                          f"{met(r, 'finetune_median_s')} | {met(r, 'server_pss_per_visitor_mb')} |")
+    lines += ["", "Where the server's CPU went during the class (seconds; per visitor in brackets) and what the "
+              "co-located browser pages used:", "",
+              "| server | visitors | Voilà server | kernels | query process | browser pages |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        k, roles = r["visitors"], r["server_cpu_by_role_s"]
+        cells = " | ".join(f"{roles[x]:.1f} ({roles[x] / k:.2f})" for x in ("voila", "kernels", "query"))
+        lines.append(f"| {r['server']} | {k} | {cells} | {r['browser_cpu_s']:.1f} ({r['browser_cpu_s'] / k:.2f}) |")
     fails = [(r["server"], r["visitors"], f) for r in runs for f in r["failures"]]
     if fails:
         lines += ["", "Failures:", ""] + [f"- {s}, {k} visitors: {f}" for s, k, f in fails]
@@ -257,8 +298,7 @@ def report(runs: list[dict], mach: dict) -> str:
               "held during the class; *kernel PSS* and *kernel start CPU* = one pooled kernel before the class "
               "(imports, catalog, notebook run, warm-up); *kernels with torch* is "
               + ", ".join(f"{r['kernels_with_torch']}" for r in runs) + " in the order of the rows.", "",
-              "Re-run: `.venv/bin/python benchmarks/bench_class.py --visitors 1 10 20 30` (add `--plain-voila` "
-              "for the plain Voilà rows)."]
+              "Re-run: `.venv/bin/python benchmarks/bench_class.py --visitors 1 10 20 30 --plain-voila 1 10 20`."]
     return "\n".join(lines) + "\n"
 
 
@@ -292,27 +332,39 @@ def plot(runs: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--visitors", type=int, nargs="+", default=[1, 10, 20, 30])
-    ap.add_argument("--plain-voila", action="store_true", help="also run plain Voilà (kernels load torch)")
+    ap.add_argument("--plain-voila", type=int, nargs="*", default=[], metavar="K",
+                    help="class sizes to also run against plain Voilà (kernels load torch), side by side")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--report-only", action="store_true", help="rewrite class.md and class.png from class.json")
     args = ap.parse_args()
     if not Path(CHROMIUM).exists():
         sys.exit(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
     logs = Path(tempfile.mkdtemp(prefix="bench-class-"))
     print(f"server logs in {logs}", flush=True)
+    out_json = args.out / "class.json"
+    if args.report_only:
+        saved = json.loads(out_json.read_text())
+        write_report(saved["runs"], saved["machine"], args.out)
+        return
+    mach = machine()
     runs = []
     for k in args.visitors:
-        for plain in ([False, True] if args.plain_voila else [False]):
+        for plain in ([False, True] if k in args.plain_voila else [False]):
             print(f"{'plain voila' if plain else 'class mode'}: {k} visitors ...", flush=True)
             runs.append(measure(k, plain, logs))
             r = runs[-1]
             print(f"  served {r['served']}/{k}, first grid median {r['first_grid_median_s']}, "
                   f"fine-tune median {r['finetune_median_s']}, {r['server_pss_per_visitor_mb']:.0f} MB/visitor",
                   flush=True)
-    mach = machine()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "class.json").write_text(json.dumps({"machine": mach, "runs": runs}, indent=1))
-    (args.out / "class.md").write_text(report(runs, mach))
-    plot(runs, args.out / "class.png")
+            # saved after every class size, so a later failure keeps what was measured
+            args.out.mkdir(parents=True, exist_ok=True)
+            out_json.write_text(json.dumps({"machine": mach, "runs": runs}, indent=1))
+    write_report(runs, mach, args.out)
+
+
+def write_report(runs: list[dict], mach: dict, out: Path) -> None:
+    (out / "class.md").write_text(report(runs, mach))
+    plot(runs, out / "class.png")
     print(report(runs, mach))
 
 

@@ -166,3 +166,23 @@ async def _class_with_kernel_count(url, visitors, server_pid, peak):
     finally:
         done.set()
         await sampler
+
+
+def test_two_servers_side_by_side_each_serve_their_visitor(tmp_path):
+    """Past one server: several `serve` instances (behind a proxy, or on several machines) are
+    independent, each with its own query process, socket and key. On one machine: two at once."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CB_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"Chromium not found at {CHROMIUM}; .ci/run installs Debian's chromium")
+        pytest.skip(f"Chromium not found at {CHROMIUM}")
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    with voila_server(log_path=logs[0]) as url_a, voila_server(log_path=logs[1]) as url_b:
+        deadline = time.monotonic() + 240
+        while not all("ready for visitors" in log.read_text(errors="replace") for log in logs):
+            assert time.monotonic() < deadline, [log.read_text(errors="replace")[-2000:] for log in logs]
+            time.sleep(0.5)
+        results = [asyncio.run(run_class(url, 1))[0] for url in (url_a, url_b)]
+    assert all("failed" not in r for r in results), results
+    assert results[0]["answer_count"] == results[1]["answer_count"]
+    # each server's kernel used its own query process (a fallback would load torch and say so)
+    assert all("query service unusable" not in log.read_text(errors="replace") for log in logs)
