@@ -173,6 +173,10 @@ def main(argv=None) -> int:
                                                                       args.visitors, started_at=started_at)
     voila_argv = [str(args.notebook), "--no-browser", f"--port={args.port}", "--Voila.ip=127.0.0.1",
                   "--preheat_kernel=True", f"--pool_size={args.visitors}",
+                  # kernels talk to the server over Unix sockets named after their own connection
+                  # file: TCP ports are picked by binding and releasing them, and with 30 kernels
+                  # starting at once two picked the same port (one kernel died, one visitor waited)
+                  "--KernelManager.transport=ipc",
                   f"--MappingKernelManager.cull_idle_timeout={int(args.cull_idle)}",
                   f"--MappingKernelManager.cull_interval={max(1, min(60, int(args.cull_idle) // 2))}",
                   *voila_extra]
