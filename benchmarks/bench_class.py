@@ -182,7 +182,7 @@ class Sampler(threading.Thread):
 
 def measure(visitors: int, plain: bool, logs: Path) -> dict:
     log_path = logs / f"server-{'plain' if plain else 'class'}-{visitors}.log"
-    t_start = time.monotonic()
+    t_start, load_before = time.monotonic(), os.getloadavg()[0]
     proc, port = start_server(visitors, plain, log_path)
     try:
         ready_s, pooled = wait_ready(proc, log_path)
@@ -230,7 +230,7 @@ def measure(visitors: int, plain: bool, logs: Path) -> dict:
         "finetune_max_s": float(max(fine)) if fine else None,
         "class_wall_s": wall, "server_cpu_s": server_cpu, "server_cpu_by_role_s": roles,
         "browser_cpu_s": browser_cpu,
-        "load_average_1min_after": os.getloadavg()[0], "per_visitor": results,
+        "load_average_1min_before": load_before, "load_average_1min_after": os.getloadavg()[0], "per_visitor": results,
         "pss_samples": sampler.samples,
     }
 
@@ -249,7 +249,8 @@ def report(runs: list[dict], mach: dict) -> str:
              "pages' own CPU (column `browser CPU`) is taken from the 2 cores the server has, which a real "
              "class on its own laptops would not do. Each visitor: open the page, search \"a red star\" "
              "(first grid = page open to 60 tiles painted), \"All positive\", Fine-tune (click to answer "
-             "painted, model \"Automatic\").", "",
+             "painted, model \"Automatic\"). Load average (1 min) before each class size, from other work on the "
+             "machine: " + ", ".join(f"{r.get('load_average_1min_before', float('nan')):.1f}" for r in runs) + ".", "",
              "| server | visitors | served | prepare (s; kernels ready) | first grid median / max (s) | fine-tune median / max (s) "
              "| peak server PSS (GB) | per visitor (MB) | kernel PSS (MB) | kernel start CPU (s) | server CPU (s) "
              "| browser CPU (s) |",
