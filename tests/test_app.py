@@ -349,7 +349,7 @@ def test_default_app_offers_every_catalog_next_to_the_default(monkeypatch, tmp_p
     """Without CB_CATALOG the selector lists data/demo first, then its sibling catalogs."""
     import shutil
 
-    import clipbranches_widgets.catalog as catalog
+    import clipbranches_widgets.catalog.default as catalog_default
 
     root = tmp_path / "data"
     root.mkdir()
@@ -357,7 +357,7 @@ def test_default_app_offers_every_catalog_next_to_the_default(monkeypatch, tmp_p
         shutil.copytree(tiny_catalog_path, root / name)
     (root / "not-a-catalog").mkdir()
     monkeypatch.delenv("CB_CATALOG", raising=False)
-    monkeypatch.setattr(catalog, "DEFAULT_CATALOG", root / "demo")
+    monkeypatch.setattr(catalog_default, "DEFAULT_CATALOG", root / "demo")
     app = SearchApp.default(warm_up=False)
     assert app.catalog_select.options == ("demo", "demo-multi")
     assert app.catalog.path == root / "demo"
