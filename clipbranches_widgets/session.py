@@ -213,8 +213,9 @@ class SearchSession:
 
         Loads the query encoder and runs, in a throwaway session, what they run: a search by item,
         marks on its results, refine("auto") (every family it tries, with cross-validation), a
-        refine of each box / linear family "auto" did not try (the box index gets built or
-        loaded), and suggest; so the Numba kernels are compiled and the code paths warm. Returns
+        refine of each box / linear family "auto" did not try (they apply by the fused scan; no box
+        index is built, see ``Catalog.box_index``), and suggest; so the Numba kernels are compiled and
+        the code paths warm. Returns
         the problems met, in words (empty when all went well); it never raises for them: a catalog
         without a text encoder still works by item.
         """

@@ -310,7 +310,7 @@ def test_warm_up_finishes(tiny_catalog):
     assert app.warmed_up.wait(300), "warm-up did not finish"
     assert app.warm_up_error is None, app.warm_up_error
     assert 'data-done="1"' in app.warmup_note.value and "warming up" not in app.warmup_note.value
-    assert tiny_catalog._query_encoder is not None and tiny_catalog._index is not None
+    assert tiny_catalog._query_encoder is not None and tiny_catalog._index is None  # scans: no index built
 
 
 def test_missing_default_catalog_is_shown(monkeypatch, tmp_path):

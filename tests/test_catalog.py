@@ -136,6 +136,31 @@ def test_two_writers_on_one_folder_one_clear_error_and_a_whole_catalog(tmp_path)
     assert write_catalog(tmp_path / "cat", codes, pa.table({"caption": ["new"] * 50})).items.column("caption")[0].as_py() == "new"
 
 
+def test_apply_scans_until_an_index_is_built_on_request(tmp_path, monkeypatch, caplog):
+    """Applying never builds a box index; once box_index() built one (this or an earlier opener), apply
+    uses it through its planner; a damaged saved index is skipped with a warning, and the scan answers."""
+    import logging
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cat, codes, _ = make(tmp_path)
+    X, y = codes[:60], np.r_[np.ones(10, int), np.zeros(50, int)]
+    m = DecisionBranches(random_state=0).fit(X, y)
+    want = np.flatnonzero(m.predict_mask(codes)).tolist()
+    assert sorted(cat.apply(m).ids.tolist()) == want
+    assert cat.saved_box_index() is None and not (tmp_path / "cat" / "index").exists()
+    index = cat.box_index()
+    assert cat.saved_box_index() is index
+    again = open_catalog(tmp_path / "cat")
+    assert sorted(again.apply(m).ids.tolist()) == want and again.saved_box_index().loaded
+    for f in index.folder.iterdir():
+        if f.name == "perm.npy":
+            f.write_bytes(f.read_bytes()[:-7])
+    damaged = open_catalog(tmp_path / "cat")
+    with caplog.at_level(logging.WARNING):
+        assert sorted(damaged.apply(m).ids.tolist()) == want
+    assert damaged.saved_box_index() is None and "ignoring the saved box index" in caplog.text
+
+
 def test_box_index_falls_back_to_the_cache_then_memory(tmp_path, monkeypatch):
     from clipbranches_widgets.engine import BoxIndex
 

@@ -66,6 +66,46 @@ def test_index_selective_query_uses_index_and_prunes():
     assert index.search(everything).stats["method"] == "scan"
 
 
+def test_find_opens_a_saved_index_and_never_builds(tmp_path):
+    codes = catalog(3000, "clustered", seed=3)
+    assert BoxIndex.find(codes, SUBSETS[:5], tmp_path) is None
+    assert list(tmp_path.iterdir()) == []  # nothing built
+    built = BoxIndex.build(codes, SUBSETS[:5], tmp_path)
+    found = BoxIndex.find(codes, SUBSETS[:5], tmp_path)
+    assert found.loaded and found.folder == built.folder
+    assert BoxIndex.find(codes, SUBSETS[:5], tmp_path, codes_hash="other") is None
+    assert BoxIndex.find(codes, SUBSETS[:4], tmp_path) is None
+    assert_all_methods_match(found, codes, random_box_set(codes, np.random.default_rng(3), dims_pool=SUBSETS[:5]))
+
+
+def test_planner_probes_large_catalogs():
+    """With enough segments the planner probes a few segments' trees: the index answers when the
+    probe's rows (extrapolated) are few, the scan otherwise; a wide model is not probed. Answers
+    always equal the reference."""
+    from clipbranches_widgets.engine.index import PROBE_MAX_ROWS, PROBE_MIN_SEGMENTS
+
+    codes = catalog(20000, "clustered", seed=8)
+    index = BoxIndex.build(codes, SUBSETS, segment_size=128, leaf_size=8)  # 157 segments
+    assert index._layout.n_segments >= PROBE_MIN_SEGMENTS
+    rng = np.random.default_rng(8)
+    seen = set()
+    for half in (0, 1, 2, 4, 8, 16, 40, 90):
+        dims = SUBSETS[int(rng.integers(len(SUBSETS)))]
+        centre = codes[int(rng.integers(codes.shape[0])), list(dims)].astype(int)
+        box_set = BoxSet.from_estimators([[Box(dims, np.clip(centre - half, 0, 255), np.clip(centre + half, 0, 255))]])
+        res = index.search(box_set)
+        probe = res.stats["probe_rows_frac"]
+        if np.isnan(probe):
+            assert res.stats["method"] == "scan" and res.stats["est_cost"] > index.auto_threshold
+        else:
+            assert res.stats["method"] == ("index" if probe <= PROBE_MAX_ROWS else "scan")
+        seen.add((res.stats["method"], bool(np.isnan(probe))))
+        ids, scores = apply_boxes_numpy(codes, box_set)
+        np.testing.assert_array_equal(res.ids, ids)
+        np.testing.assert_array_equal(res.scores, scores)
+    assert ("index", False) in seen and ("scan", True) in seen
+
+
 def test_index_size_target():
     codes = catalog(140000, "uniform", seed=2)
     index = BoxIndex.build(codes, SUBSETS)

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from clipbranches_widgets.catalog import open_catalog, write_catalog
-from clipbranches_widgets.engine import BranchEnsemble, DecisionBranches, LinearCodes, apply_model
+from clipbranches_widgets.engine import BoxIndex, BranchEnsemble, DecisionBranches, LinearCodes, apply_model
+from clipbranches_widgets.engine.boxes import Box, BoxSet, apply_boxes_numpy, rank
+from clipbranches_widgets.engine.scan import hits_from_arrays, rank_hits, scan_box_set
 from clipbranches_widgets.session import SearchSession
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -39,6 +41,64 @@ def test_every_apply_path_equals_predict(data, seed):
         found = apply_model(X, model)
         assert sorted(found.ids.tolist()) == np.flatnonzero(model.predict(X) == 1).tolist()  # labels 0 / 1 (or a mask)
         assert np.all(np.diff(found.scores) <= 1e-12)  # ranked best first
+
+
+@st.composite
+def codes_and_boxes(draw):
+    """Codes of any width (the 32-d shuffle transpose and the plain copy of other widths) and a
+    BoxSet of 1-5 estimators: boxes on 0-8 dims, dims repeated, bounds anywhere (empty, one value,
+    the full range)."""
+    dim = draw(st.sampled_from([3, 13, 32, 32, 40]))
+    n = draw(st.integers(1, 300))
+    codes = draw(arrays(np.uint8, (n, dim), elements=st.integers(0, 255)))
+    if draw(st.booleans()):  # few distinct values: many ties in the ranking
+        codes //= 64
+        codes *= 64
+    n_est = draw(st.sampled_from([1, 1, 2, 3, 5]))
+    lists = []
+    for _ in range(n_est):
+        boxes = []
+        for _ in range(draw(st.integers(0 if n_est > 1 else 1, 4))):
+            k = draw(st.integers(0, 8))
+            dims = tuple(draw(st.lists(st.integers(0, dim - 1), min_size=k, max_size=k)))
+            a = draw(st.lists(st.integers(0, 255), min_size=k, max_size=k))
+            b = draw(st.lists(st.integers(0, 255), min_size=k, max_size=k))
+            boxes.append(Box(dims, np.minimum(a, b), np.maximum(a, b)))
+        lists.append(boxes)
+    return codes, BoxSet.from_estimators(lists)
+
+
+@SETTINGS
+@given(data=codes_and_boxes())
+def test_scan_and_index_equal_the_reference_exactly(data):
+    """The fused scan (strips, bit masks, counting sort) and the index give the numpy reference's
+    ids, bit-identical scores and order, ties by ascending id included."""
+    codes, box_set = data
+    ids, scores = apply_boxes_numpy(codes, box_set)
+    res = scan_box_set(codes, box_set)
+    np.testing.assert_array_equal(res.ids, ids)
+    np.testing.assert_array_equal(res.scores, scores)
+    dims = sorted({int(d) for b in range(box_set.n_boxes) for d in box_set.dims[b, :box_set.ndims[b]]})
+    if dims and codes.shape[1] >= 8:
+        subsets = [tuple(dims[i:i + 8]) for i in range(0, len(dims), 8)]
+        index = BoxIndex.build(codes, subsets, leaf_size=4)
+        if index._box_subsets(box_set) is not None:
+            found = index.search(box_set, method="index")
+            np.testing.assert_array_equal(found.ids, ids)
+            np.testing.assert_array_equal(found.scores, scores)
+
+
+@SETTINGS
+@given(keys=arrays(np.uint16, st.integers(0, 3000), elements=st.integers(0, 40)), seed=st.integers(0, 2**31 - 1))
+def test_counting_sort_is_the_documented_order(keys, seed):
+    """rank_hits orders any keys like a lexsort by (score descending, id ascending)."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(10 * len(keys) + 1, len(keys), replace=False)).astype(np.int64)
+    values = np.sort(rng.random(41))
+    got = rank_hits(hits_from_arrays(ids, keys, 41), values)
+    want = rank(ids, values[keys])
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
 
 
 @pytest.fixture(scope="module")

@@ -495,7 +495,7 @@ def test_warm_up_runs_the_first_click_paths_and_reports_problems_in_words(tiny_c
     from clipbranches_widgets.catalog import write_catalog
 
     assert SearchSession.warm_up(tiny_catalog, k=30) == []
-    assert tiny_catalog._index is not None  # the box index is ready for the first Fine-tune
+    assert tiny_catalog._index is None  # Fine-tune scans: no box index is built unless asked for
     codes = np.random.default_rng(0).integers(0, 256, (400, 32)).astype(np.uint8)
     no_encoder = write_catalog(tmp_path / "c", codes, pa.table({"caption": ["x"] * 400}))
     problems = SearchSession.warm_up(no_encoder, k=30)

@@ -7,7 +7,7 @@ Layout (DESIGN.md)::
     items.parquet      one row per item: id (0..N-1), caption, ... (any further columns: attributes)
     thumbs.bin         optional: JPEG bytes of every item, back to back
     thumbs.idx.npy     optional: int64 (N + 1,) offsets into thumbs.bin
-    index/             BoxIndex folders, keyed by the codes' hash (built on demand)
+    index/             BoxIndex folders, keyed by the codes' hash (built on request: Catalog.box_index)
 
 ``write_catalog`` fills a temporary folder and renames it into place, so a crash never leaves a
 half-written catalog; an existing catalog at the same path is replaced only after the new one is
@@ -19,6 +19,7 @@ the file that is missing, truncated, corrupt or inconsistent.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -32,6 +33,8 @@ from .items import ROW_GROUP_ROWS, ItemsFile
 from .quantize import GlobalQuantizer, quantizer_from_dict
 from .sharded import is_sharded, open_sharded
 from .thumbnails import StoredThumbnails, thumbnail_source
+
+log = logging.getLogger(__name__)
 
 FORMAT = "clipbranches.catalog"
 VERSION = 1
@@ -190,17 +193,22 @@ class Catalog(CatalogBase):
         return self.nearest().search(queries, k=k, exclude=exclude)
 
     def apply(self, model):
-        """Every item the fitted model calls positive, ranked (an engine ``SearchResult``); box
-        models go through :meth:`box_index` (which plans index vs scan)."""
+        """Every item the fitted model calls positive, ranked (an engine ``SearchResult``).
+
+        Box models go through the catalog's BoxIndex (which plans index vs scan) when one was built
+        or saved for these codes (:meth:`box_index`, :meth:`saved_box_index`); otherwise, and by
+        default, through the fused scan. Applying never builds an index: on trained models the
+        scan measured faster (benchmarks/results/engine.md)."""
         from ..engine import apply_model
         from ..engine.apply import is_box_model
 
-        return apply_model(self.codes, model, index=self.box_index() if is_box_model(model) else None)
+        return apply_model(self.codes, model, index=self.saved_box_index() if is_box_model(model) else None)
 
     def box_index(self, subsets=None):
-        """The engine's BoxIndex for these codes, built once and kept under ``index/`` (keyed by the
-        codes' hash, so a rebuilt catalog never reuses a stale index), or in the user's cache when
-        the catalog folder is read-only."""
+        """The engine's BoxIndex for these codes, built on request, then kept under ``index/`` (keyed
+        by the codes' hash, so a rebuilt catalog never reuses a stale index), or in the user's cache
+        when the catalog folder is read-only. Once built, :meth:`apply` uses it where its planner
+        expects it to beat the scan (very narrow boxes; see the README's "How the engine works")."""
         from ..engine import BoxIndex
         from ..engine.subsets import default_subsets
 
@@ -216,6 +224,25 @@ class Catalog(CatalogBase):
                         continue
                 if self._index is None:
                     self._index = BoxIndex.build(self.codes, subsets)  # kept in memory only
+            return self._index
+
+    def saved_box_index(self):
+        """The BoxIndex :meth:`box_index` built in this process or saved earlier (default subsets),
+        or None; never builds one. A damaged saved index is logged and skipped (the scan answers)."""
+        from ..engine import BoxIndex
+        from ..engine.subsets import default_subsets
+
+        with self._lock:
+            if self._index is None:
+                for folder in self._index_folders():
+                    try:
+                        self._index = BoxIndex.find(self.codes, default_subsets(self.dim), folder,
+                                                    codes_hash=self.fingerprint)
+                    except (OSError, ValueError) as exc:
+                        log.warning("ignoring the saved box index under %s: %s", folder, exc)
+                        continue
+                    if self._index is not None:
+                        break
             return self._index
 
     def _index_folders(self) -> list[Path]:

@@ -13,13 +13,22 @@ reads ``codes[base + offset, dims]`` from the catalog itself. For 104 paper subs
 Query (``search``): per segment (in parallel), per box, descend its subset's tree: a node outside
 the box is pruned, a node inside the box emits its whole row range without reading codes, a leaf
 partly inside tests its rows. Rows are deduplicated per estimator with a stamp array, votes are
-counted and thresholded at ``min_votes``; scores come from the scan module's shared kernel, so
-index and scan results are identical (ids, float64 scores, order). The trees' layout, build and
-descent kernels live in :mod:`.kdtree`; this module keeps the planner, persistence and the class.
+counted and thresholded at ``min_votes``; the hits are ranked by the scan module's keys and
+counting sort, so index and scan results are identical (ids, float64 scores, order). The trees'
+layout, build and descent kernels live in :mod:`.kdtree`; this module keeps the planner,
+persistence and the class.
 
-``method="auto"`` estimates from a fixed sample of catalog rows which fraction of the catalog the
-boxes select (summed over boxes: each box is a separate descent) and uses the index when that sum
-is at most ``auto_threshold``, else the fused scan.
+``method="auto"`` first estimates from a fixed sample of catalog rows which fraction of the
+catalog each box selects; when the sum over boxes (each box is a separate descent), each weighted
+by ``(k / 4) ** 2`` for a tree on ``k`` dims, is above ``auto_threshold`` it scans. Otherwise it
+descends the trees of a few segments (a probe) and uses the index when the rows that would be
+checked in all segments are few enough (``PROBE_MAX_ROWS``); small catalogs, where a probe would
+cost too much of the search, go by the estimate alone.
+
+What the index is for: very narrow models. A box around a handful of items is answered 5-20x
+faster than by the scan at 10M rows; trained models, whose boxes select 0.1-5% of the catalog
+each, are answered as fast or faster by the scan (benchmarks/results/engine.md). So catalogs build
+an index only on request (``Catalog.box_index``).
 
 Persistence: ``BoxIndex.build(codes, subsets, path=...)`` keys a folder by a hash of the codes,
 subsets, leaf and segment size and the format version, loads it (memory-mapped) when it exists and
@@ -40,10 +49,11 @@ from numba import njit
 
 from .._atomic import sha256_file, staging_dir
 from ._validation import check_codes, check_subsets
-from .boxes import MAX_BOX_DIMS, BoxSet, estimator_starts, rank
+from .boxes import MAX_BOX_DIMS, BoxSet, estimator_starts
 from .kdtree import build_trees, layout, query_trees
 from .result import SearchResult
-from .scan import apply_post_trees, check_box_set, row_in_box, scan_votes, score_hits
+from .scan import (apply_post_trees, check_box_set, hit_keys, hits_from_arrays, rank_hits, ranking, row_in_box,
+                   scan_hits, thread_scratch)
 from .subsets import pad_subsets
 
 FORMAT_VERSION = 2  # 2: meta.json holds each file's sha256
@@ -54,12 +64,25 @@ HASH_ON_OPEN_MAX_BYTES = 512 * 2**20
 
 #: rows of the planner's fixed random sample
 SAMPLE_SIZE = 4096
-#: ``auto`` uses the index when the boxes' summed estimated selectivity is at most this fraction
-#: of the catalog; above it, the scan (which always reads everything once) is cheaper. Calibrated
-#: on benchmarks/results/engine.md: trained boxes constrain 4-8 dims each, and a box selecting
-#: 1.3% of a 10M catalog still makes the trees test ~25% of the rows by random access, so the
-#: index lost to the scan at every measured selectivity >= 1.3%; it wins on narrow boxes only.
-DEFAULT_AUTO_THRESHOLD = 0.005
+#: ``auto`` considers the index only when the boxes' weighted estimated selectivity
+#: (:func:`planned_cost`) is at most this fraction of the catalog: wider models make the trees
+#: check far more rows than the scan reads (trained ensembles: 30-80M row checks at 10M rows)
+DEFAULT_AUTO_THRESHOLD = 0.02
+#: ... and then probes the trees of this many segments, and uses the index when the rows they would
+#: check or emit in all segments, extrapolated, are at most ``PROBE_MAX_ROWS`` of the catalog.
+#: Why a probe: the sample's estimate cannot see what the trees cost. Measured at 10M rows on 2
+#: cores (benchmarks/results/engine.md, "Index vs scan for single boxes"): an index search costs
+#: ~2 ms plus ~20 ms per million rows checked, the scan 15-30 ms, so the index wins below ~8% of
+#: the rows checked; and boxes selecting almost nothing (0.002% of rows, estimated 0 by the
+#: 4096-row sample) checked 0.4% of the rows on a 4-dim tree but 10% on an 8-dim one, whose dims
+#: are each split about twice in a 65,536-row segment.
+PROBE_SEGMENTS = 4
+PROBE_MAX_ROWS = 0.08
+#: catalogs of fewer than ``PROBE_MIN_SEGMENTS`` segments (2M rows) are not probed, a probe would
+#: cost a good part of the search: there the index is used when the weighted estimate is at most
+#: ``SMALL_AUTO_THRESHOLD`` (both paths take a few ms there)
+PROBE_MIN_SEGMENTS = 8 * PROBE_SEGMENTS
+SMALL_AUTO_THRESHOLD = 0.004
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +121,13 @@ def sample_fractions_numpy(sample, dims, ndims, low, high) -> tuple[np.ndarray, 
     return inside.sum(axis=0) / max(n, 1), inside.any(axis=1).sum() / max(n, 1)
 
 
+def planned_cost(frac, tree_dims) -> float:
+    """The planner's cost of answering boxes by the index, in catalog fractions: each box's
+    estimated selectivity ``frac[b]``, weighted by ``(k / 4) ** 2`` for the ``k``-dim tree that
+    answers it (``tree_dims[b]``), summed. See ``DEFAULT_AUTO_THRESHOLD``."""
+    return float(sum(f * (k / 4.0) ** 2 for f, k in zip(frac, tree_dims)))
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 
@@ -118,6 +148,13 @@ def _index_key(codes_hash: str, shape, subsets, leaf_size: int, segment_size: in
                           "leaf_size": leaf_size, "segment_size": segment_size, "version": FORMAT_VERSION},
                          sort_keys=True)
     return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
+
+
+def _saved_folder(codes, subsets, path, leaf_size, segment_size, codes_hash) -> tuple[str, str, Path]:
+    """(codes hash, key, folder) of the index of these arguments under ``path`` (module doc)."""
+    codes_hash = hash_codes(codes) if codes_hash is None else str(codes_hash)
+    key = _index_key(codes_hash, codes.shape, subsets, int(leaf_size), int(segment_size))
+    return codes_hash, key, Path(path) / f"boxindex-{key}"
 
 
 def _check_params(leaf_size, segment_size):
@@ -190,10 +227,7 @@ class BoxIndex:
         _check_params(leaf_size, segment_size)
         if path is None:
             return cls._build(codes, subsets, leaf_size, segment_size)
-        if codes_hash is None:
-            codes_hash = hash_codes(codes)
-        key = _index_key(str(codes_hash), codes.shape, subsets, int(leaf_size), int(segment_size))
-        folder = Path(path) / f"boxindex-{key}"
+        codes_hash, key, folder = _saved_folder(codes, subsets, path, leaf_size, segment_size, codes_hash)
         if folder.exists():
             return cls.open(folder, codes)
         index = cls._build(codes, subsets, leaf_size, segment_size)
@@ -208,6 +242,17 @@ class BoxIndex:
             return cls.open(folder, codes)
         index.folder = folder
         return index
+
+    @classmethod
+    def find(cls, codes, subsets, path, *, leaf_size: int = 256, segment_size: int = 65536,
+             codes_hash: str | None = None) -> "BoxIndex | None":
+        """The index :meth:`build` saved under ``path`` for these arguments, opened (as
+        :meth:`open`); None when there is none. Never builds one."""
+        codes = check_codes(codes, name="codes")
+        subsets = check_subsets(subsets, codes.shape[1])
+        _check_params(leaf_size, segment_size)
+        folder = _saved_folder(codes, subsets, path, leaf_size, segment_size, codes_hash)[2]
+        return cls.open(folder, codes) if folder.exists() else None
 
     @classmethod
     def _build(cls, codes, subsets, leaf_size, segment_size) -> "BoxIndex":
@@ -317,9 +362,12 @@ class BoxIndex:
         """All catalog ids the model (fitted model or BoxSet) calls positive, ranked like the reference.
 
         ``method``: ``"index"`` (raises ``ValueError`` when a box's dims are not indexed),
-        ``"scan"``, or ``"auto"`` (index when the estimated summed selectivity is at most
-        ``self.auto_threshold`` and every box is indexed). ``stats``: method, selectivity (estimated
-        fraction of rows inside any box), est_rows_frac (summed over boxes), n_boxes,
+        ``"scan"``, or ``"auto"`` (the module doc's planner: index when every box is indexed, the
+        weighted estimated selectivity :func:`planned_cost` is at most ``self.auto_threshold`` and
+        the probe's rows are at most ``PROBE_MAX_ROWS``). ``stats``: method, selectivity (estimated
+        fraction of rows inside any box), est_rows_frac (summed over boxes), est_cost (the planned
+        cost; inf when some box is not indexed), probe_rows_frac (rows the trees would check or
+        emit, as a fraction of the catalog; nan when not probed), n_boxes,
         n_estimators, nodes_visited, leaves_visited, rows_checked, rows_emitted, plan_s, query_s,
         score_s, total_s, count.
         """
@@ -336,28 +384,44 @@ class BoxIndex:
         frac, union = _sample_fractions(self._sample_codes, box_set.dims, box_set.ndims,
                                         box_set.low, box_set.high)
         est = float(frac.sum())
+        cost = planned_cost(frac, [len(self.subsets[s]) for s in mapping[0]]) if mapping is not None else np.inf
+        probe = np.nan
         if method == "auto":
-            method = "index" if mapping is not None and est <= self.auto_threshold else "scan"
-        stats = {"method": method, "selectivity": float(union), "est_rows_frac": est, "n_boxes": box_set.n_boxes,
+            method = "scan"
+            if self._layout.n_segments < PROBE_MIN_SEGMENTS:
+                method = "index" if cost <= min(self.auto_threshold, SMALL_AUTO_THRESHOLD) else "scan"
+            elif cost <= self.auto_threshold:
+                step = self._layout.n_segments // PROBE_SEGMENTS
+                counters = self._query(box_set, *mapping, seg_step=step)[2]
+                probe = float(counters[2] + counters[3]) * step / codes.shape[0]
+                method = "index" if probe <= PROBE_MAX_ROWS else "scan"
+        stats = {"method": method, "selectivity": float(union), "est_rows_frac": est, "est_cost": cost,
+                 "probe_rows_frac": probe, "n_boxes": box_set.n_boxes,
                  "n_estimators": box_set.n_estimators, "nodes_visited": 0, "leaves_visited": 0,
                  "rows_checked": 0, "rows_emitted": 0}
+        rk = ranking(box_set)
         t1 = time.perf_counter()
         if method == "scan":
-            ids, votes = scan_votes(codes, box_set)
+            hits = scan_hits(codes, box_set, rk, thread_scratch())
             stats["rows_checked"] = int(codes.shape[0])
         else:
             ids, votes, counters = self._query(box_set, *mapping)
+            order = np.argsort(ids)  # the trees give ids in no order within a segment
+            ids, votes = ids[order], votes[order]
+            hits = hits_from_arrays(ids, hit_keys(codes, ids, votes, box_set, rk), rk.values.shape[0])
             stats.update(nodes_visited=int(counters[0]), leaves_visited=int(counters[1]),
                          rows_checked=int(counters[2]), rows_emitted=int(counters[3]))
-        ids, votes = apply_post_trees(model, codes, ids, votes)
+        hits = apply_post_trees(model, codes, hits, rk.values.shape[0])
         t2 = time.perf_counter()
-        ids, scores = rank(ids, score_hits(codes, ids, votes, box_set))
+        ids, scores = rank_hits(hits, rk.values)
         t3 = time.perf_counter()
         stats.update(count=int(ids.shape[0]), plan_s=t1 - t0, query_s=t2 - t1, score_s=t3 - t2, total_s=t3 - t0)
         return SearchResult(ids, scores, stats)
 
-    def _query(self, box_set: BoxSet, box_sub, qlo, qhi):
-        """(ids, votes, counters summed) of the positives by tree descent (:func:`~.kdtree.query_trees`)."""
+    def _query(self, box_set: BoxSet, box_sub, qlo, qhi, seg_step: int = 1):
+        """(ids, votes, counters summed) of the positives by tree descent (:func:`~.kdtree.query_trees`;
+        every ``seg_step``-th segment only: the planner's probe)."""
         return query_trees(self.codes, self.perm, self.bounds, self._layout, self._sub_dims, self._sub_k,
                            self.leaf_size, self.segment_size, box_sub, qlo, qhi,
-                           estimator_starts(box_set.estimator, box_set.n_estimators), box_set.min_votes)
+                           estimator_starts(box_set.estimator, box_set.n_estimators), box_set.min_votes,
+                           *thread_scratch().rows(self.codes.shape[0]), seg_step=seg_step)

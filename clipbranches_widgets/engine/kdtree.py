@@ -365,7 +365,7 @@ def _query_segment(codes, perm, bounds, bounds_offset, sub_dims, sub_k, leaf_siz
 
 @njit(parallel=True, cache=True, nogil=True)
 def _query_all(codes, perm, bounds, bounds_offset, sub_dims, sub_k, segment_size, leaf_size, n_nodes_max,
-               box_sub, qlo, qhi, est_start, min_votes, n_blocks, out_ids, out_votes, seg_count, counters):
+               box_sub, qlo, qhi, est_start, min_votes, n_blocks, seg_step, out_ids, out_votes, seg_count, counters):
     """Answer all boxes on every segment; positives of segment g go to ``out_*[base_g:base_g+count]``.
 
     Blocks of segments run in parallel, each with its own scratch (a block's segments take turns
@@ -379,7 +379,7 @@ def _query_all(codes, perm, bounds, bounds_offset, sub_dims, sub_k, segment_size
         votes = np.zeros(segment_size, np.uint16)
         touched = np.empty(segment_size, np.int32)
         stack = np.empty((_STACK_DEPTH, 3), np.int64)
-        for g in range(blk, n_seg, n_blocks):
+        for g in range(blk * seg_step, n_seg, n_blocks * seg_step):
             base, m = _segment(g, n, segment_size)
             seg_count[g] = _query_segment(codes, perm, bounds, bounds_offset, sub_dims, sub_k, leaf_size,
                                           n_nodes_max, g, base, m, box_sub, qlo, qhi, est_start, min_votes, stamp,
@@ -388,24 +388,26 @@ def _query_all(codes, perm, bounds, bounds_offset, sub_dims, sub_k, segment_size
 
 def query_trees(codes: np.ndarray, perm: np.ndarray, bounds: np.ndarray, tree_layout: Layout, sub_dims: np.ndarray,
                 sub_k: np.ndarray, leaf_size: int, segment_size: int, box_sub: np.ndarray, qlo: np.ndarray,
-                qhi: np.ndarray, est_start: np.ndarray, min_votes: int):
+                qhi: np.ndarray, est_start: np.ndarray, min_votes: int, out_ids: np.ndarray, out_votes: np.ndarray,
+                seg_step: int = 1):
     """``(ids, votes, counters)`` of the rows with at least ``min_votes`` votes, by tree descent.
 
     Box ``b`` is answered by subset ``box_sub[b]``'s trees with bounds ``qlo[b]`` / ``qhi[b]`` in that
     subset's dim order (unconstrained dims [0, 255]); ``est_start`` groups the boxes by estimator
     (:func:`~.boxes.estimator_starts`). ids ascend by segment, in no particular order within one;
     ``counters`` sums nodes visited, leaves scanned, rows checked and rows emitted wholesale.
+    ``out_ids`` (int64) / ``out_votes`` (uint16), one entry a row: scratch where segment ``g`` writes
+    its positives at its own rows (no race); the answer is copied out of it. ``seg_step``: answer
+    only every ``seg_step``-th segment (the planner's probe).
     """
     n = codes.shape[0]
     n_seg = tree_layout.n_segments
-    n_blocks = max(1, min(n_seg, 4 * numba.get_num_threads()))
-    out_ids = np.empty(n, np.int64)  # segment g writes its positives at its own rows: no race
-    out_votes = np.empty(n, np.uint16)
+    n_blocks = max(1, min(-(-n_seg // seg_step), 4 * numba.get_num_threads()))
     seg_count = np.zeros(n_seg, np.int64)
     counters = np.zeros((n_seg, 4), np.int64)
     _query_all(codes, perm, bounds, tree_layout.bounds_offset, sub_dims, sub_k, segment_size, leaf_size,
-               tree_layout.n_nodes_max, box_sub, qlo, qhi, est_start, min_votes, n_blocks, out_ids, out_votes,
-               seg_count, counters)
+               tree_layout.n_nodes_max, box_sub, qlo, qhi, est_start, min_votes, n_blocks, seg_step, out_ids,
+               out_votes, seg_count, counters)
     starts = np.arange(n_seg) * segment_size
     take = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, seg_count)]) if n_seg else np.zeros(0)
     take = take.astype(np.int64)
