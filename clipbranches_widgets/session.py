@@ -377,6 +377,22 @@ class SearchSession:
         Every answer comes with ``result.estimate``: its precision and recall estimated from the
         marks (by cross-validation, and from the suggestion pages marked so far).
         """
+        return self._refine(model, n_random_negatives, negative_weight, random_state, exclude_top, record=True)
+
+    def answer_again(self) -> RefineResult | None:
+        """The last round's answer again, to the current marks, with that round's model, settings and
+        seed; not a new round in :attr:`history`. For a session brought back after a page reload
+        (:meth:`from_json` keeps rounds, not answers). None before the first round."""
+        with self._lock:
+            last = dict(self._history[-1]) if self._history else None
+        if last is None:
+            return None
+        return self._refine(last.get("requested_model") or last["model"], last["n_random_negatives"],
+                            last["negative_weight"], last["random_state"], last["exclude_top"], record=False)
+
+    def _refine(self, model, n_random_negatives, negative_weight, random_state, exclude_top, *,
+                record: bool) -> RefineResult:
+        """:meth:`refine`'s work; ``record`` adds the round to the history."""
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
         n = self.catalog.n_items
@@ -433,6 +449,8 @@ class SearchSession:
                 negative_ids=random_ids, negatives_source=where, n_excluded_neighbours=n_top, random_state=seed,
                 requested_model=model, estimate=estimate, selection=selection)
             self._last_refine = result
+            if not record:
+                return result
             self._history.append({
                 "round": len(self._history) + 1, "query": None if self._query is None else dict(self._query),
                 "model": chosen, "requested_model": model, "n_pos": len(pos), "n_neg": len(neg),

@@ -525,6 +525,7 @@ def test_a_reload_gets_the_marks_the_query_and_the_answer_back(searched, tiny_ca
     assert "cb-error" not in reloaded.error.value
     assert reloaded.session.labels == app.session.labels and reloaded.session.query == app.session.query
     assert reloaded.last_result.ids.tolist() == answer  # the same marks and seed: the same answer
+    assert reloaded.session.history == app.session.history  # the answer again, not a new round
     assert all(reloaded.grid.label_of(i) == app.session.labels.get(i, "none") for i in reloaded.grid.shown_ids)
     before = reloaded.session.labels
     reloaded.grid._on_front_end_message(reloaded.grid, message, [])  # a second render: nothing changes

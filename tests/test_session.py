@@ -206,6 +206,18 @@ def test_save_load_round_trip(marked, tiny_catalog, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["session.json"]  # no temporary file left
 
 
+def test_answer_again_repeats_the_last_round_without_a_new_round(marked, tiny_catalog):
+    assert SearchSession(tiny_catalog).answer_again() is None  # no round yet
+    for model in ("ensemble", "auto"):
+        first = marked.refine(model, negative_weight=3.0, random_state=5)
+        loaded = SearchSession.from_json(marked.to_json(), tiny_catalog)  # rounds are kept, answers are not
+        assert loaded.last_result is None
+        again = loaded.answer_again()
+        assert np.array_equal(again.ids, first.ids) and np.array_equal(again.scores, first.scores)
+        assert again.model_name == first.model_name and again.random_state == first.random_state
+        assert loaded.history == marked.history and loaded.last_result is again
+
+
 def test_load_errors(marked, tiny_catalog, tmp_path):
     path = tmp_path / "session.json"
     marked.save(path)

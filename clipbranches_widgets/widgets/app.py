@@ -427,13 +427,10 @@ class SearchApp(widgets.VBox):
         self._update_marks()
         if restored.query is not None:
             self._after_search(restored.repeat_query(self.k))
-        last = restored.history[-1] if restored.history else None
-        if last is not None:
-            model = last.get("requested_model") or last["model"]
-            self.model.value = model
-            self._after_refine(restored.refine(model, n_random_negatives=last["n_random_negatives"],
-                                               negative_weight=last["negative_weight"],
-                                               exclude_top=last["exclude_top"], random_state=last["random_state"]))
+        if restored.history:
+            last = restored.history[-1]
+            self.model.value = last.get("requested_model") or last["model"]
+            self._after_refine(restored.answer_again())  # the last round's answer, not a new round
         self._sync_grid_labels()
 
     def _show_error(self, message: str) -> None:
