@@ -122,14 +122,17 @@ def finite(v):
     return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
-def rounds(fns: dict, repeats: int) -> dict:
-    """name -> median seconds over ``repeats`` rounds that call every function once, in turn."""
+def rounds(fns: dict, repeats: int, with_min: bool = False) -> dict:
+    """name -> median seconds over ``repeats`` rounds that call every function once, in turn, so all
+    of them see the same state of the (shared) machine; ``with_min``: (median, min) instead."""
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
+    if with_min:
+        return {k: (float(np.median(v)), float(np.min(v))) for k, v in times.items()}
     return {k: float(np.median(v)) for k, v in times.items()}
 
 

@@ -39,7 +39,7 @@ from clipbranches_widgets.engine.subsets import feature_subsets  # noqa: E402
 from clipbranches_widgets.testing.synthetic import clustered_catalog  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import machine, streaming_pass  # noqa: E402  (one streaming-pass kernel for all benchmarks)
+from bench_engine import machine, rounds, streaming_pass  # noqa: E402  (one streaming-pass kernel for all benchmarks)
 
 SUBSETS = feature_subsets(32, {4: 64, 6: 32, 8: 8}, seed=42)
 
@@ -101,18 +101,6 @@ def previous_streaming_pass(words):
     return partial
 
 
-def rounds(fns: dict, repeats: int) -> dict:
-    """name -> (median, min) seconds of ``repeats`` rounds that call every function once, in turn,
-    so all of them see the same state of the (shared) machine."""
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: (float(np.median(v)), float(np.min(v))) for k, v in times.items()}
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -145,7 +133,7 @@ def main(argv=None):
     words = codes.reshape(-1).view(np.uint64)
     previous_streaming_pass(words[:1000])
     floors = rounds({"stream": lambda: streaming_pass(codes), "previous": lambda: previous_streaming_pass(words)},
-                    max(args.repeats, 9))
+                    max(args.repeats, 9), with_min=True)
     scratch = Scratch()
     load = [os.getloadavg()[0]]
     rows = []
@@ -153,7 +141,7 @@ def main(argv=None):
         rk = ranking(bs)
         res = scan_box_set(codes, bs)
         t = rounds({"stream": lambda: streaming_pass(codes), "pass1": lambda: scan_hits(codes, bs, rk, scratch),
-                    "apply": lambda: scan_box_set(codes, bs)}, args.repeats)
+                    "apply": lambda: scan_box_set(codes, bs)}, args.repeats, with_min=True)
         load.append(os.getloadavg()[0])
         rows.append({"model": name, "boxes": bs.n_boxes, "estimators": bs.n_estimators, "used_dims": used_dims(bs),
                      "hits_frac": len(res) / codes.shape[0], "streaming_pass_s": t["stream"][0],
