@@ -7,7 +7,11 @@
 * **Voilà** (in this process) on ``notebooks/dashboard.ipynb``, listening on 127.0.0.1, with a pool
   of ``N`` preheated kernels: each has already imported the app, opened the catalog and run the
   notebook before anyone arrives, so ``N`` visitors who open the page at once are each given a ready
-  kernel. The pool starts when the server does; the server prints when it is full.
+  kernel. The pool starts when the server does; the server prints when it is full;
+* one **kernel template** (:mod:`.kernel_fork`) that has imported what a kernel imports: each kernel
+  is forked from it, so a kernel starts without importing ipykernel, numpy, Numba or scikit-learn
+  again and shares their memory with the others (``--no-fork-kernels``: start each kernel as
+  ``python -m ipykernel_launcher``, as Jupyter does, e.g. to debug one).
 
 A class's pool is bounded: once visitors hold kernels, the pool is only refilled while the total
 (visitors' kernels + pool) stays within ``N + spare``, so a class of 30 does not start 30 more
@@ -17,7 +21,7 @@ or, for a visitor who left without closing it, after ``--cull-idle`` seconds wit
 each freed kernel lets the pool refill. Visitors beyond the pool are still served: Voilà starts
 a kernel for them, as it would without a pool (slower: a kernel start and the notebook run).
 
-Stop with Ctrl-C: Voilà shuts its kernels down and the query process ends with this one.
+Stop with Ctrl-C: Voilà shuts its kernels down; the kernel template and the query process end with this one.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 
 from .catalog.default import default_catalog_path
 from .embedding.remote import ADDRESS_ENV, QueryService
+from .kernel_fork import ForkProvisioner, KernelTemplate
 
 __all__ = ["main", "classroom_kernel_manager", "start_query_process"]
 
@@ -45,7 +50,8 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "notebooks" / "dashboard.ipynb
 SPARE_KERNELS = 2
 
 
-def classroom_kernel_manager(voila_factory, visitors: int, spare: int = SPARE_KERNELS, started_at: float | None = None):
+def classroom_kernel_manager(voila_factory, visitors: int, spare: int = SPARE_KERNELS, started_at: float | None = None,
+                             template: KernelTemplate | None = None):
     """Wrap Voilà's kernel-manager factory so that its pool respects a class size.
 
     Voilà (0.5) keeps each notebook's pool at ``pool_size`` kernels: every kernel taken by a
@@ -54,6 +60,7 @@ def classroom_kernel_manager(voila_factory, visitors: int, spare: int = SPARE_KE
     only while the kernels alive (pooled, starting, held by visitors) stay within
     ``visitors + spare``, and again whenever a visitor's kernel is shut down (page closed, culled).
     ``started_at`` (``time.monotonic()``) is when the server started, for the "ready" message.
+    With a ``template``, every kernel (pooled or not) is forked from it (:class:`.ForkProvisioner`).
     """
     started_at = time.monotonic() if started_at is None else started_at
 
@@ -67,6 +74,13 @@ def classroom_kernel_manager(voila_factory, visitors: int, spare: int = SPARE_KE
                 self._stopping = False
                 super().__init__(**kw)
                 asyncio.get_event_loop().create_task(self._report_ready())
+
+            def pre_start_kernel(self, kernel_name, kwargs):
+                km, kernel_name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
+                if template is not None:  # jupyter_client creates a provisioner only when there is none
+                    km.provisioner = ForkProvisioner(kernel_id=kernel_id, kernel_spec=km.kernel_spec, parent=km,
+                                                     template=template)
+                return km, kernel_name, kernel_id
 
             def _room(self) -> int:
                 """How many more kernels may start now."""
@@ -142,6 +156,21 @@ def start_query_process(service: QueryService, catalogs) -> subprocess.Popen:
     return proc
 
 
+def _template_ready(template: KernelTemplate) -> KernelTemplate | None:
+    """``template`` once it has imported everything, or None (kernels start the ordinary way) if it failed."""
+    try:
+        info = template.wait_ready()
+    except RuntimeError as exc:
+        log.warning("%s; kernels will be started the ordinary way", exc)
+        template.stop()
+        return None
+    print(f"clipbranches: kernels are forked from a template process (pid {info['pid']}, "
+          f"{info['preload_cpu_s']:.1f} s of CPU to import what they import)", flush=True)
+    for problem in info["preload_failed"]:
+        log.warning("the kernel template could not import %s", problem)
+    return template
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m clipbranches_widgets serve",
                                  description="Serve the dashboard (Voilà) to one visitor or a class.")
@@ -151,6 +180,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cull-idle", type=float, default=900.0,
                     help="shut a visitor's kernel down after this many seconds without a page (default 900)")
     ap.add_argument("--notebook", type=Path, default=DASHBOARD)
+    ap.add_argument("--fork-kernels", action=argparse.BooleanOptionalAction, default=True,
+                    help="fork kernels from a template process that has imported what they import (default); "
+                         "--no-fork-kernels starts each as `python -m ipykernel_launcher`")
     args, voila_extra = ap.parse_known_args(argv)
     if not 1 <= args.visitors <= 500:
         ap.error(f"--visitors must be 1..500; got {args.visitors}")
@@ -166,11 +198,7 @@ def main(argv=None) -> int:
     service = QueryService(os.path.join(private, "query.sock"))
     catalogs = [default_catalog_path()]
     print(f"clipbranches: starting the query process and {args.visitors} kernel(s) for visitors ...", flush=True)
-    query_process = start_query_process(service, catalogs)
-    os.environ.update(service.environment())  # every kernel Voilà starts inherits it
-    os.environ.update(kernel_threads(args.visitors))
-    voila_app.voila_kernel_manager_factory = classroom_kernel_manager(voila_app.voila_kernel_manager_factory,
-                                                                      args.visitors, started_at=started_at)
+    kernel_env = {**service.environment(), **kernel_threads(args.visitors)}  # every kernel Voilà starts has it
     voila_argv = [str(args.notebook), "--no-browser", f"--port={args.port}", "--Voila.ip=127.0.0.1",
                   "--preheat_kernel=True", f"--pool_size={args.visitors}",
                   # kernels talk to the server over Unix sockets named after their own connection
@@ -180,14 +208,26 @@ def main(argv=None) -> int:
                   f"--MappingKernelManager.cull_idle_timeout={int(args.cull_idle)}",
                   f"--MappingKernelManager.cull_interval={max(1, min(60, int(args.cull_idle) // 2))}",
                   *voila_extra]
+    template = query_process = None
     try:
+        if args.fork_kernels:  # the template imports while the query process loads its encoder
+            template = KernelTemplate.start(private, {**os.environ, **kernel_env})
+        query_process = start_query_process(service, catalogs)
+        os.environ.update(kernel_env)
+        if template is not None:
+            template = _template_ready(template)
+        voila_app.voila_kernel_manager_factory = classroom_kernel_manager(
+            voila_app.voila_kernel_manager_factory, args.visitors, started_at=started_at, template=template)
         voila_app.Voila.launch_instance(argv=voila_argv)
     finally:
-        query_process.terminate()
-        try:
-            query_process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            query_process.kill()
+        if template is not None:  # after Voilà has shut its kernels down; it stops any left
+            template.stop()
+        if query_process is not None:
+            query_process.terminate()
+            try:
+                query_process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                query_process.kill()
         os.environ.pop(ADDRESS_ENV, None)
         shutil.rmtree(private, ignore_errors=True)
     return 0
