@@ -375,6 +375,18 @@ def met(row, key) -> str:
     return "yes" if v <= TARGETS[key] else "**no**"
 
 
+def cpu_cells(run: dict) -> str:
+    """Table cells: CPU seconds of the Voilà server, the kernels and the query process (per visitor)."""
+    k, roles = run["visitors"], run["server_cpu_by_role_s"]
+    return " | ".join(f"{roles[x]:.1f} ({roles[x] / k:.2f})" for x in ("voila", "kernels", "query"))
+
+
+def failure_lines(runs: list[dict]) -> list[str]:
+    """The report's "Failures" list (nothing when every visitor was served)."""
+    fails = [(r["server"], r["visitors"], f) for r in runs for f in r["failures"]]
+    return ["", "Failures:", ""] + [f"- {s}, {k} visitors: {f}" for s, k, f in fails] if fails else []
+
+
 def report(runs: list[dict], mach: dict) -> str:
     lines = ["# A class at once: K visitors on one dashboard server", "",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB, {mach['date']}. "
@@ -421,12 +433,9 @@ def report(runs: list[dict], mach: dict) -> str:
               "co-located browser pages used:", "",
               "| server | visitors | Voilà server | kernels | query process | browser pages |", "|---|---|---|---|---|---|"]
     for r in runs:
-        k, roles = r["visitors"], r["server_cpu_by_role_s"]
-        cells = " | ".join(f"{roles[x]:.1f} ({roles[x] / k:.2f})" for x in ("voila", "kernels", "query"))
+        k, cells = r["visitors"], cpu_cells(r)
         lines.append(f"| {r['server']} | {k} | {cells} | {r['browser_cpu_s']:.1f} ({r['browser_cpu_s'] / k:.2f}) |")
-    fails = [(r["server"], r["visitors"], f) for r in runs for f in r["failures"]]
-    if fails:
-        lines += ["", "Failures:", ""] + [f"- {s}, {k} visitors: {f}" for s, k, f in fails]
+    lines += failure_lines(runs)
     lines += ["", "Columns: *prepare* = server start until the pool is full and every pooled kernel has gone "
               "quiet; *peak server PSS* = the most the server's process tree (Voilà, kernels, query process) "
               "held during the class; *kernel PSS* and *kernel start CPU* = one pooled kernel before the class "
@@ -525,14 +534,11 @@ def report_protocol(runs: list[dict], mach: dict, ref: dict | None, browser_runs
               "", "| server | visitors | Voilà server | kernels | query process | protocol clients | rest of machine |",
               "|---|---|---|---|---|---|---|"]
     for r in runs:
-        k, roles = r["visitors"], r["server_cpu_by_role_s"]
-        cells = " | ".join(f"{roles[x]:.1f} ({roles[x] / k:.2f})" for x in ("voila", "kernels", "query"))
+        k, cells = r["visitors"], cpu_cells(r)
         rest = r["other_cpu_s"] - r["client_cpu_s"]
         lines.append(f"| {r['server']} | {k} | {cells} | {r['client_cpu_s']:.1f} ({r['client_cpu_s'] / k:.2f}) | "
                      f"{rest:.1f} |")
-    fails = [(r["server"], r["visitors"], f) for r in runs for f in r["failures"]]
-    if fails:
-        lines += ["", "Failures:", ""] + [f"- {s}, {k} visitors: {f}" for s, k, f in fails]
+    lines += failure_lines(runs)
     lines += ["", "Columns: *prepare* = server start until the pool is full and every pooled kernel has gone quiet; "
               "*peak server PSS* = the most the server's process tree held during the class; *same first ids* = "
               "every visitor's first grid had the same ten first ids (and those of the Chromium visit); captions "
