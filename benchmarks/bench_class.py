@@ -375,6 +375,16 @@ def met(row, key) -> str:
     return "yes" if v <= TARGETS[key] else "**no**"
 
 
+def rerun_command(runs: list[dict], client: str, out: Path) -> str:
+    """The command that measures these runs' class sizes again."""
+    sizes = {kind: " ".join(str(r["visitors"]) for r in runs if (r["server"] == "plain voila") == plain)
+             for kind, plain in (("--visitors", False), ("--plain-voila", True))}
+    args = [f"{flag} {v}" for flag, v in sizes.items() if v]
+    client_arg = ["--client protocol"] if client == "protocol" else []
+    out_arg = [] if out.resolve() == RESULTS.resolve() else [f"--out {os.path.relpath(out.resolve(), ROOT)}"]
+    return " ".join([".venv/bin/python benchmarks/bench_class.py", *client_arg, *args, *out_arg])
+
+
 def cpu_cells(run: dict) -> str:
     """Table cells: CPU seconds of the Voilà server, the kernels and the query process (per visitor)."""
     k, roles = run["visitors"], run["server_cpu_by_role_s"]
@@ -387,7 +397,7 @@ def failure_lines(runs: list[dict]) -> list[str]:
     return ["", "Failures:", ""] + [f"- {s}, {k} visitors: {f}" for s, k, f in fails] if fails else []
 
 
-def report(runs: list[dict], mach: dict) -> str:
+def report(runs: list[dict], mach: dict, rerun: str) -> str:
     lines = ["# A class at once: K visitors on one dashboard server", "",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB, {mach['date']}. "
              "Server and K headless Chromium pages (one browser, a context per visitor) on the same machine: the "
@@ -441,7 +451,7 @@ def report(runs: list[dict], mach: dict) -> str:
               "held during the class; *kernel PSS* and *kernel start CPU* = one pooled kernel before the class "
               "(imports, catalog, notebook run, warm-up); *kernels with torch* is "
               + ", ".join(f"{r['kernels_with_torch']}" for r in runs) + " in the order of the rows.", "",
-              "Re-run: `.venv/bin/python benchmarks/bench_class.py --visitors 1 10 20 30 --plain-voila 1 10 20`."]
+              f"Re-run: `{rerun}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -449,7 +459,7 @@ def _f(v, d=1) -> str:
     return "—" if v is None else f"{v:.{d}f}"
 
 
-def report_protocol(runs: list[dict], mach: dict, ref: dict | None, browser_runs: list[dict]) -> str:
+def report_protocol(runs: list[dict], mach: dict, ref: dict | None, browser_runs: list[dict], rerun: str) -> str:
     """class_protocol.md: the classes with protocol clients, next to the Chromium rows of class.json."""
     kb = lambda n: f"{n / 2**20:.1f} MB"  # noqa: E731
     lines = ["# A class at once, protocol clients: K visitors on one dashboard server, the server's side", "",
@@ -545,7 +555,7 @@ def report_protocol(runs: list[dict], mach: dict, ref: dict | None, browser_runs
               "holding every query word: " + ", ".join(
                   f"{min((v.get('captions_with_query_words', 0) for v in r['per_visitor'] if 'failed' not in v), default=0)}"
                   f"/60" for r in runs) + " (fewest of any visitor, in the order of the rows).", "",
-              "Re-run: `.venv/bin/python benchmarks/bench_class.py --client protocol --visitors 1 10 20 30`."]
+              f"Re-run: `{rerun}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -639,9 +649,9 @@ def write_report(runs: list[dict], mach: dict, out: Path, client: str = "browser
     if client == "protocol":
         browser_json = out / f"{STEMS['browser']}.json"
         browser_runs = json.loads(browser_json.read_text())["runs"] if browser_json.exists() else []
-        text = report_protocol(runs, mach, ref, browser_runs)
+        text = report_protocol(runs, mach, ref, browser_runs, rerun_command(runs, client, out))
     else:
-        text = report(runs, mach)
+        text = report(runs, mach, rerun_command(runs, client, out))
     (out / f"{stem}.md").write_text(text)
     plot(runs, out / f"{stem}.png")
     print(text)
