@@ -48,12 +48,33 @@ def test_bad_input_gets_a_clear_error():
         LinearCodes().predict(X)
     with pytest.raises(ValueError, match="no negatives"):
         LinearCodes().fit(X, np.ones(len(y)))
-    with pytest.raises(ValueError, match="C must be"):
+    with pytest.raises(ValueError, match="'C' parameter of LinearCodes must be"):
         LinearCodes(C=0).fit(X, y)
+    with pytest.raises(ValueError, match="'C' parameter of LinearCodes must be"):
+        LinearCodes(C=np.inf).fit(X, y)
     with pytest.raises(ValueError, match="class_weight"):
         LinearCodes(class_weight="sqrt").fit(X, y)
-    with pytest.raises(ValueError, match="unknown parameter"):
+    with pytest.raises(ValueError, match="Invalid parameter 'alpha'"):
         LinearCodes().set_params(alpha=1)
+
+
+def test_float_input_is_quantized_and_codes_are_answered_by_search():
+    """Non-uint8 X goes through a per-dim quantizer fitted in fit; uint8 X is used as codes unchanged,
+    and on codes predict_mask is exactly the rows search returns."""
+    X, y, _ = _task(8)
+    model = LinearCodes().fit(X, y)
+    assert model.quantizer_ is None and model.n_features_in_ == 32 and model.classes_.tolist() == [0, 1]
+    assert model.n_iter_ < 15
+    rng = np.random.default_rng(9)
+    Xf = rng.normal(size=(600, 7))
+    yf = np.where(Xf[:, 0] - 2 * Xf[:, 3] > 0.3, "yes", "no")
+    fm = LinearCodes().fit(Xf[:400], yf[:400])
+    assert fm.quantizer_ is not None and fm.classes_.tolist() == ["no", "yes"]
+    assert np.mean(fm.predict(Xf[400:]) == yf[400:]) > 0.9
+    found = fm.search(fm.quantizer_.quantize(Xf))  # the engine's path: the catalog stores the codes
+    assert np.array_equal(np.sort(found.ids), np.flatnonzero(fm.predict_mask(Xf)))
+    assert np.allclose(found.scores, fm.predict_proba(Xf[found.ids])[:, 1], atol=1e-5)
+    assert np.array_equal(fm.predict(Xf), fm.classes_[fm.predict_mask(Xf).astype(int)])
 
 
 class _Memoriser:

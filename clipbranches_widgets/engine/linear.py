@@ -15,11 +15,18 @@ is one inner product per row, in chunks, like the fused scan: no index is needed
 from __future__ import annotations
 
 import time
+from numbers import Integral, Real
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._validation import check_codes, check_labels, check_random_state, check_sample_weight
+from ..catalog.quantize import PerDimQuantizer
+from ._validation import (check_binary_target, check_codes, check_random_state, check_sample_weight,
+                          check_weighted_classes)
 from .boxes import rank
+from .branches import class_weight_factors, encode_class_weight, transform_codes
 from .result import SearchResult
 
 
@@ -28,8 +35,16 @@ def centred(codes: np.ndarray) -> np.ndarray:
     return (np.asarray(codes, np.float32) - 128.0) / 128.0
 
 
-class LinearCodes:
-    """Logistic regression over uint8 codes: positive where ``w . x + b > 0``.
+class LinearCodes(ClassifierMixin, BaseEstimator):
+    """Logistic regression over uint8 codes: ``classes_[1]`` where ``w . x + b > 0``.
+
+    A binary scikit-learn classifier (``clone``, ``cross_val_score``, ``GridSearchCV``, pipelines),
+    with the same input rules as :class:`~.branches.DecisionBranches`: uint8 ``X`` is taken as
+    codes, unchanged (``quantizer_`` None; what a catalog stores and :meth:`search` answers); any
+    other numeric ``X`` is quantized per dim in ``fit`` (``quantizer_``, a
+    :class:`~clipbranches_widgets.catalog.quantize.PerDimQuantizer`) and every prediction applies
+    it. Labels: any two distinct values; ``classes_`` holds them sorted and the positive side of
+    the model (``decision_function > 0``) is ``classes_[1]``.
 
     Parameters
     ----------
@@ -37,14 +52,33 @@ class LinearCodes:
         Inverse L2 regularisation strength (scikit-learn's ``LogisticRegression``).
     class_weight : None, "balanced" or dict, default "balanced"
         "balanced" gives both classes the same total (sample-weighted) weight, so a few marked
-        positives are not drowned by hundreds of random negatives (scikit-learn's meaning).
+        positives are not drowned by hundreds of random negatives (scikit-learn's meaning). A dict
+        is keyed by the labels of y (``{0: w0, 1: w1}`` for 0/1 labels).
     max_iter : int, default 50
         Newton steps at most (it usually converges in under 10).
     random_state : None, int or Generator
         Accepted for a uniform interface; the solver is deterministic.
 
-    Attributes: coef_ (d,) float64, intercept_ float, n_features_in_.
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,)
+    coef_ : ndarray of shape (n_features,), float64
+        Weights on centred codes ``(q - 128) / 128``.
+    intercept_ : float
+    n_iter_ : int
+        Newton steps taken.
+    quantizer_ : PerDimQuantizer or None
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when X was a DataFrame with string column names.
     """
+
+    _parameter_constraints: dict = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "class_weight": [StrOptions({"balanced"}), dict, None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state", np.random.Generator, np.random.SeedSequence],
+    }
 
     def __init__(self, C=1.0, *, class_weight="balanced", max_iter=50, random_state=None):
         self.C = C
@@ -52,41 +86,41 @@ class LinearCodes:
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def get_params(self, deep: bool = True) -> dict:
-        return {"C": self.C, "class_weight": self.class_weight, "max_iter": self.max_iter,
-                "random_state": self.random_state}
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # one class against the other
+        return tags
 
-    def set_params(self, **params) -> "LinearCodes":
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ValueError(f"unknown parameter {k!r} for {type(self).__name__}")
-            setattr(self, k, v)
-        return self
-
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None) -> "LinearCodes":
-        """Fit on uint8 codes ``X`` (n, d) and 0/1 labels ``y`` (both classes needed). Returns self.
+        """Fit on ``X`` (uint8 codes, or any numeric data: quantized per dim) and two-class ``y``. Returns self.
 
         Minimises ``0.5 |w|^2 + C * sum_i s_i * logloss_i`` (the intercept is not penalised), as
         scikit-learn's ``LogisticRegression`` does, by Newton's method: with 33 parameters a step
         is one small matrix product, so a fit takes about a millisecond (lbfgs in scikit-learn:
         10-100x that), which matters because a refine cross-validates every family.
         """
-        if not (isinstance(self.C, (int, float, np.integer, np.floating)) and not isinstance(self.C, bool)
-                and np.isfinite(self.C) and self.C > 0):
-            raise ValueError(f"C must be a finite number > 0; got {self.C!r}")
-        if not isinstance(self.max_iter, (int, np.integer)) or isinstance(self.max_iter, bool) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be an int >= 1; got {self.max_iter!r}")
-        X = check_codes(X)
-        y = check_labels(y, X.shape[0]).astype(np.float64)  # raises unless both classes are present
+        name = type(self).__name__
+        X, y = validate_data(self, X, y)
+        classes, y01 = check_binary_target(y, name)
         sw = check_sample_weight(sample_weight, X.shape[0])
-        s = sw * self._class_factors(y, sw)
+        check_weighted_classes(y01, sw, classes, name)
+        if X.dtype == np.uint8:
+            quantizer, codes = None, np.ascontiguousarray(X)
+        else:
+            quantizer = PerDimQuantizer().fit(X)
+            codes = quantizer.quantize(X)
+        self.classes_, self.quantizer_ = classes, quantizer
+        s = sw * class_weight_factors(encode_class_weight(self.class_weight, classes), y01, sw)
         check_random_state(self.random_state)  # validated for uniformity; the solver draws nothing
-        A = np.column_stack([centred(X).astype(np.float64), np.ones(X.shape[0])])
+        y = y01.astype(np.float64)
+        A = np.column_stack([centred(codes).astype(np.float64), np.ones(codes.shape[0])])
         penalty = np.ones(A.shape[1])
         penalty[-1] = 0.0  # the intercept is not regularised
         theta = np.zeros(A.shape[1])
         C = float(self.C)
-        for _ in range(int(self.max_iter)):
+        n_iter = 0
+        for n_iter in range(1, int(self.max_iter) + 1):
             p = 1.0 / (1.0 + np.exp(-(A @ theta)))
             grad = penalty * theta + C * (A.T @ (s * (p - y)))
             hess = np.diag(penalty) + C * (A.T * (s * p * (1 - p))) @ A
@@ -96,45 +130,37 @@ class LinearCodes:
                 break
         self.coef_ = theta[:-1].copy()
         self.intercept_ = float(theta[-1])
-        self.n_features_in_ = X.shape[1]
+        self.n_iter_ = n_iter
         return self
 
-    def _class_factors(self, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Per-row class weights. "balanced": total weight / (2 x the row's class's total weight), so
-        both classes weigh the same in total (what scikit-learn's LogisticRegression does)."""
-        cw = self.class_weight
-        if cw is None:
-            return np.ones_like(y)
-        if cw == "balanced":
-            totals = np.array([w[y == 0].sum(), w[y == 1].sum()])
-            return (w.sum() / (2.0 * totals))[y.astype(np.int64)]
-        if isinstance(cw, dict) and set(cw) <= {0, 1} and all(float(v) > 0 for v in cw.values()):
-            return np.array([float(cw.get(0, 1.0)), float(cw.get(1, 1.0))])[y.astype(np.int64)]
-        raise ValueError(f"class_weight must be None, 'balanced' or a dict {{0: w0, 1: w1}} of positive "
-                         f"weights; got {cw!r}")
-
-    def _check_fitted(self):
-        if not hasattr(self, "coef_"):
-            raise ValueError("this LinearCodes is not fitted yet; call fit(X, y) first")
-
     def decision_function(self, X) -> np.ndarray:
-        """``w . x + b`` per row (float64); > 0 means positive."""
-        self._check_fitted()
-        X = check_codes(X, n_features=self.n_features_in_, allow_empty=True)
-        return centred(X) @ self.coef_.astype(np.float32) + np.float32(self.intercept_)
+        """``w . x + b`` per row on the centred codes of ``X`` (float32); > 0 means ``classes_[1]``."""
+        return self._margin(transform_codes(self, X))
+
+    def _margin(self, codes: np.ndarray) -> np.ndarray:
+        return centred(codes) @ self.coef_.astype(np.float32) + np.float32(self.intercept_)
 
     def predict_proba(self, X) -> np.ndarray:
-        """(n, 2) array; column 1 = the logistic probability of the positive class."""
+        """(n, 2) array, columns in the order of ``classes_``; column 1 = the logistic probability of ``classes_[1]``."""
         p = 1.0 / (1.0 + np.exp(-self.decision_function(X).astype(np.float64)))
         return np.column_stack([1.0 - p, p])
 
-    def predict(self, X) -> np.ndarray:
-        """True where the model says positive (probability > 0.5)."""
+    def predict_mask(self, X) -> np.ndarray:
+        """Boolean mask: True where the model says ``classes_[1]`` (probability > 0.5); on uint8
+        codes exactly the rows :meth:`search` returns."""
         return self.decision_function(X) > 0
 
+    def predict(self, X) -> np.ndarray:
+        """``classes_[1]`` where :meth:`predict_mask` is True, else ``classes_[0]``."""
+        mask = self.predict_mask(X)  # checks that the model is fitted
+        return self.classes_[mask.astype(np.intp)]
+
     def search(self, codes, *, chunk_rows: int = 1 << 20) -> SearchResult:
-        """Every row of ``codes`` the model calls positive, ranked by probability (ties by id)."""
-        self._check_fitted()
+        """Every row of ``codes`` the model calls positive, ranked by probability (ties by id).
+
+        ``codes`` are uint8 codes in the model's code space (for a model fitted on non-uint8 X:
+        ``quantizer_.quantize(X)``)."""
+        check_is_fitted(self)
         codes = check_codes(codes, name="codes", n_features=self.n_features_in_, allow_empty=True)
         t0 = time.perf_counter()
         w = self.coef_.astype(np.float32) / np.float32(128.0)
@@ -159,7 +185,7 @@ class LinearCodes:
         """The model as readable weights: the score formula over the ``top`` heaviest dims, then the
         rule. E.g. ``["score = +2.10 x f3 - 1.72 x f17 + ... + 0.31", "positive when score > 0"]``
         (features are centred codes, (f - 128) / 128)."""
-        self._check_fitted()
+        check_is_fitted(self)
         names = feature_names or [f"f{i}" for i in range(self.n_features_in_)]
         order = np.argsort(-np.abs(self.coef_), kind="stable")[:top]
         terms = " ".join(f"{'+' if self.coef_[i] >= 0 else '-'} {abs(self.coef_[i]):.2f} x {names[i]}" for i in order)
@@ -169,6 +195,6 @@ class LinearCodes:
                 "positive when score > 0 (features: centred codes (f - 128) / 128)"]
 
     def to_dict(self) -> dict:
-        self._check_fitted()
+        check_is_fitted(self)
         return {"type": "LinearCodes", "n_features": self.n_features_in_, "coef": self.coef_.tolist(),
                 "intercept": self.intercept_}
