@@ -176,7 +176,16 @@ def check_split_not_bool(split) -> None:
 
 
 def prepare_fit(estimator, X, y, sample_weight) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
-    """Training input as the kernels take it: ``(codes, y01, w, subsets)``, or a clear ``ValueError``.
+    """Training input as the kernels take it: ``(codes, y01, w, subsets)``, or a clear ``ValueError``
+    (:func:`validate_fit_input`, then the estimator's feature subsets, a default for any width)."""
+    codes, y01, w = validate_fit_input(estimator, X, y, sample_weight)
+    d = codes.shape[1]
+    subsets = default_subsets(d) if estimator.subsets is None else check_subsets(estimator.subsets, d)
+    return codes, y01, w, subsets
+
+
+def validate_fit_input(estimator, X, y, sample_weight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(codes, y01, w)`` for an estimator on the uint8 codes, or a clear ``ValueError``.
 
     Validates like any scikit-learn estimator (``validate_data``: a 2-D numeric X without NaN or
     infinity, one label per row) and sets ``n_features_in_`` (``feature_names_in_`` for a
@@ -194,9 +203,8 @@ def prepare_fit(estimator, X, y, sample_weight) -> tuple[np.ndarray, np.ndarray,
     else:
         quantizer = PerDimQuantizer().fit(X)
         codes = quantizer.quantize(X)
-    subsets = default_subsets(X.shape[1]) if estimator.subsets is None else check_subsets(estimator.subsets, X.shape[1])
     estimator.classes_, estimator.quantizer_ = classes, quantizer
-    return codes, y01, w, subsets
+    return codes, y01, w
 
 
 def transform_codes(estimator, X) -> np.ndarray:

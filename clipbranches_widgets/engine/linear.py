@@ -20,13 +20,11 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
-from ..catalog.quantize import PerDimQuantizer
-from ._validation import (check_binary_target, check_codes, check_random_state, check_sample_weight,
-                          check_weighted_classes)
+from ._validation import check_codes, check_random_state
 from .boxes import rank
-from .branches import class_weight_factors, encode_class_weight, transform_codes
+from .branches import class_weight_factors, encode_class_weight, transform_codes, validate_fit_input
 from .result import SearchResult
 
 
@@ -100,18 +98,8 @@ class LinearCodes(ClassifierMixin, BaseEstimator):
         is one small matrix product, so a fit takes about a millisecond (lbfgs in scikit-learn:
         10-100x that), which matters because a refine cross-validates every family.
         """
-        name = type(self).__name__
-        X, y = validate_data(self, X, y)
-        classes, y01 = check_binary_target(y, name)
-        sw = check_sample_weight(sample_weight, X.shape[0])
-        check_weighted_classes(y01, sw, classes, name)
-        if X.dtype == np.uint8:
-            quantizer, codes = None, np.ascontiguousarray(X)
-        else:
-            quantizer = PerDimQuantizer().fit(X)
-            codes = quantizer.quantize(X)
-        self.classes_, self.quantizer_ = classes, quantizer
-        s = sw * class_weight_factors(encode_class_weight(self.class_weight, classes), y01, sw)
+        codes, y01, sw = validate_fit_input(self, X, y, sample_weight)  # sets classes_, quantizer_
+        s = sw * class_weight_factors(encode_class_weight(self.class_weight, self.classes_), y01, sw)
         check_random_state(self.random_state)  # validated for uniformity; the solver draws nothing
         y = y01.astype(np.float64)
         A = np.column_stack([centred(codes).astype(np.float64), np.ones(codes.shape[0])])
