@@ -93,6 +93,13 @@ class Model:
     state: dict = field(default_factory=dict)
     #: the client's message counter when the kernel last changed this model (0: from the initial states)
     updated_at: int = 0
+    #: per state key, the message counter when the kernel last changed it (not counting echoes of
+    #: what this client set: ipywidgets 8 sends those back as ``echo_update``)
+    changed_at: dict = field(default_factory=dict)
+
+    def changed_since(self, seq: int, key: str) -> bool:
+        """Whether the kernel changed ``key`` after message ``seq``."""
+        return self.changed_at.get(key, 0) > seq
 
     @property
     def dom_classes(self) -> list[str]:
@@ -476,6 +483,8 @@ class WidgetClient:
                 model = self.models[comm_id]
                 model.state.update(state)
                 model.updated_at = self._seq
+                if method == "update":
+                    model.changed_at.update(dict.fromkeys(state, self._seq))
             elif method == "custom":
                 self.custom_messages.append((comm_id, data.get("content")))
         elif kind == "comm_close":
@@ -635,7 +644,7 @@ async def dashboard_visit(url: str, index: int = 0, start: asyncio.Event | None 
         def first_grid():
             stats = _stats(client)
             tiles = grid.state.get("tiles", [])
-            return (grid.updated_at > seq and tiles and stats["count"] is not None
+            return (grid.changed_since(seq, "tiles") and tiles and stats["count"] is not None
                     and grid.state.get("shown") == len(tiles) == stats["count"])
 
         await client.wait_for(first_grid, after=clicked, what="the search's grid", check=check)
@@ -654,7 +663,9 @@ async def dashboard_visit(url: str, index: int = 0, start: asyncio.Event | None 
 
         def answer():
             stats = _stats(client)
-            return grid.updated_at > seq and stats["view"] == "answer" and stats["estimate"] and grid.state.get("tiles")
+            # the answer's own tiles: the echo of the labels this client set is not an answer
+            return grid.changed_since(seq, "tiles") and stats["view"] == "answer" and stats["estimate"] \
+                and grid.state.get("tiles")
 
         await client.wait_for(answer, after=clicked, what="the fine-tuned answer", check=check)
         out["finetune_s"] = time.perf_counter() - t2
